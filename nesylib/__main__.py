@@ -1,0 +1,3 @@
+from nesylib.cli import main
+
+raise SystemExit(main())
