@@ -1,0 +1,275 @@
+"""Run directories, params/env capture, results files and notebook orchestration.
+
+Layout of one preset run (``results/runs/<preset>/``)::
+
+    00_data.ipynb                 executed copy of the notebook
+    00_data/params.json           the parameters it ran with
+    00_data/env.json              package versions, device, git commit, backend
+    00_data/results.json          what the notebook reports
+    00_data/done.json             cache key of a completed run (inputs unchanged => skipped)
+    ...                           the notebook's own artifacts
+
+Notebooks pass artifacts only through these folders: nothing travels by hidden global state.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+
+from nesylib.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PRESETS_DIR = REPO_ROOT / "presets"
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+RUNS_DIR = REPO_ROOT / "results" / "runs"
+TRACKED_PACKAGES = ("torch", "transformers", "peft", "datasets", "accelerate", "bm25s", "faiss-cpu",
+                    "sentence-transformers", "papermill", "openai", "unsloth", "numpy", "pandas")
+_SECRET_HINTS = ("key", "token", "secret", "password")
+
+
+# ------------------------------------------------------------------------------------ files
+def write_json(path: Path, obj) -> Path:
+    """Atomic JSON write: a killed process never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def stable_hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    h.update(Path(path).read_bytes())
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------- presets
+def load_preset(name_or_path: str) -> dict:
+    """A preset YAML: {name, common: {...}, notebooks: {stem: {...}}}."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PRESETS_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+        raise ConfigError(f"preset {name_or_path!r} not found at {path}; known presets: {known}")
+    try:
+        preset = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML ({e})") from e
+    for key in ("name", "common"):
+        if key not in preset:
+            raise ConfigError(f"{path}: preset lacks top-level key {key!r}")
+    preset.setdefault("notebooks", {})
+    for k in preset["common"]:
+        if any(h in k.lower() for h in _SECRET_HINTS) and not k.endswith("_env"):
+            raise ConfigError(f"{path}: parameter {k!r} looks like a secret; pass secrets through environment "
+                              "variables and name the variable in a '*_env' parameter instead")
+    return preset
+
+
+def notebook_params(preset: dict, stem: str) -> dict:
+    params = dict(preset["common"])
+    params.update(preset["notebooks"].get(stem) or {})
+    params["preset"] = preset["name"]
+    return params
+
+
+# ------------------------------------------------------------------------------ environment
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def capture_env(extra: dict | None = None) -> dict:
+    versions = {}
+    for pkg in TRACKED_PACKAGES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    env = {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions,
+           "git_commit": git_commit(), "cpu_count": os.cpu_count(),
+           "hf_hub_offline": os.environ.get("HF_HUB_OFFLINE"),
+           "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    try:
+        import torch
+
+        env["torch_threads"] = torch.get_num_threads()
+        env["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        env["device"] = "cpu"
+    env.update(extra or {})
+    return env
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed)
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:
+        pass
+
+
+# ------------------------------------------------------------------------- notebook context
+@dataclass
+class RunContext:
+    """What a notebook gets from ``start``: its folder, its params, and helpers to save results."""
+    name: str
+    dir: Path
+    params: dict
+
+    def path(self, *parts) -> Path:
+        p = self.dir.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def upstream(self, stem: str) -> Path:
+        """The folder of an earlier notebook of the same preset run; it must have completed."""
+        d = self.dir.parent / stem
+        if not (d / "results.json").is_file():
+            raise ConfigError(f"{self.name} needs the outputs of {stem}, but {d}/results.json does not exist; "
+                              f"run that notebook first (python -m nesylib run --preset {self.params.get('preset')} "
+                              f"--only {stem})")
+        return d
+
+    def save_results(self, results: dict) -> Path:
+        return write_json(self.dir / "results.json", results)
+
+
+def validate(params: dict, schema: dict) -> None:
+    """schema: name -> type, tuple of types, or a list of allowed values. Errors name the parameter."""
+    for name, rule in schema.items():
+        if name not in params:
+            raise ConfigError(f"missing parameter {name!r}")
+        value = params[name]
+        if isinstance(rule, list):
+            if value not in rule:
+                raise ConfigError(f"parameter {name!r} = {value!r}; allowed values: {rule}")
+        elif not isinstance(value, rule):
+            expected = rule.__name__ if isinstance(rule, type) else " or ".join(t.__name__ for t in rule)
+            raise ConfigError(f"parameter {name!r} = {value!r} must be {expected}")
+
+
+def start(name: str, params: dict, schema: dict | None = None, run_root: str | Path | None = None) -> RunContext:
+    """Validate parameters, make the run folder, record params and environment, seed everything."""
+    if schema:
+        validate(params, schema)
+    root = Path(run_root or params.get("run_root") or RUNS_DIR / str(params.get("preset", "adhoc")))
+    run_dir = root / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    clean = {k: v for k, v in params.items() if not k.startswith("_")}
+    write_json(run_dir / "params.json", clean)
+    write_json(run_dir / "env.json", capture_env())
+    set_seed(int(params.get("seed", 42)))
+    return RunContext(name=name, dir=run_dir, params=clean)
+
+
+# ---------------------------------------------------------------------------- orchestration
+def list_notebooks(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Path]:
+    return sorted(p for p in Path(notebooks_dir).glob("[0-9][0-9]_*.ipynb"))
+
+
+def _cache_key(nb: Path, params: dict, upstream_keys: list[str]) -> str:
+    pkg = sorted(p for p in (REPO_ROOT / "nesylib").rglob("*.py"))
+    code = stable_hash([file_hash(p) for p in pkg])
+    return stable_hash({"nb": file_hash(nb), "params": params, "code": code, "upstream": upstream_keys})
+
+
+def _declared_params(nb: Path, preset: dict, stem: str) -> dict:
+    """The preset's values for the parameters the notebook declares; a typo in its own section is an error."""
+    import papermill as pm
+
+    declared = set(pm.inspect_notebook(str(nb)))
+    own = preset["notebooks"].get(stem) or {}
+    unknown = sorted(set(own) - declared)
+    if unknown:
+        raise ConfigError(f"preset {preset['name']!r}, notebook {stem}: unknown parameter(s) {unknown}; "
+                          f"the notebook declares {sorted(declared)}")
+    return {k: v for k, v in notebook_params(preset, stem).items() if k in declared}
+
+
+def run_preset(preset_name: str, only: list[str] | None = None, force: bool = False,
+               run_root: str | Path | None = None, notebooks_dir: Path = NOTEBOOKS_DIR,
+               kernel: str | None = None, log=print) -> list[dict]:
+    """Execute the preset's notebooks in order through papermill; skip those whose inputs are unchanged."""
+    import papermill as pm
+
+    preset = load_preset(preset_name)
+    root = Path(run_root or RUNS_DIR / preset["name"])
+    root.mkdir(parents=True, exist_ok=True)
+    nbs = list_notebooks(notebooks_dir)
+    skip = set(preset.get("skip", []) or [])
+    if only:
+        unknown = sorted(set(only) - {p.stem for p in nbs})
+        if unknown:
+            raise ConfigError(f"--only {unknown}: no such notebook; known: {[p.stem for p in nbs]}")
+    summary, keys = [], []
+    for i, nb in enumerate(nbs, 1):
+        stem = nb.stem
+        if stem in skip or (only and stem not in only):
+            continue
+        params = _declared_params(nb, preset, stem)
+        params["run_root"] = str(root)
+        key = _cache_key(nb, params, keys)
+        keys.append(key)
+        done = root / stem / "done.json"
+        if not force and done.is_file() and read_json(done).get("key") == key:
+            log(f"[{i}/{len(nbs)}] {stem}: unchanged, cached ({read_json(done).get('seconds', 0):.0f} s originally)")
+            summary.append({"notebook": stem, "status": "cached"})
+            continue
+        log(f"[{i}/{len(nbs)}] {stem}: running ...")
+        t0 = time.time()
+        pm.execute_notebook(str(nb), str(root / f"{stem}.ipynb"), parameters=params, kernel_name=kernel,
+                            progress_bar=False, cwd=str(notebooks_dir))
+        secs = time.time() - t0
+        write_json(done, {"key": key, "seconds": secs, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        log(f"[{i}/{len(nbs)}] {stem}: done in {secs:.0f} s")
+        summary.append({"notebook": stem, "status": "ran", "seconds": secs})
+    return summary

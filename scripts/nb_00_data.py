@@ -1,0 +1,65 @@
+from nbtool import write_notebook
+
+write_notebook("notebooks/00_data.ipynb", [
+    """#md
+# 00 · Data: the pinned benchmarks as records
+
+Loads every benchmark of the papers from the pinned files (the data directory, `$NESYLIB_DATA_DIR`,
+or a checksum-verified download), converts them into one record schema, and shows counts per
+dataset, split and task. BBH gets the project's seeded per-task 80/20 split (method.md D1), read
+from the versioned manifest `nesylib/splits/bbh_split_v1.json`.""",
+    """# parameters
+preset = "adhoc"
+run_root = None
+data_dir = None          # None: $NESYLIB_DATA_DIR, else download the pinned files into the cache
+seed = 42
+datasets = ["bbh", "gsm8k", "agieval", "arc-e", "arc-c", "gsm8k_plus"]""",
+    """import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+from nesylib import data, runs
+
+ctx = runs.start("00_data", dict(preset=preset, run_root=run_root, data_dir=data_dir, seed=seed, datasets=datasets),
+                 schema={"datasets": list, "seed": int})
+unknown = sorted(set(datasets) - set(data.DATASETS))
+if unknown:
+    raise ValueError(f"parameter 'datasets' has unknown names {unknown}; allowed: {data.DATASETS}")""",
+    """records = []
+for name in datasets:
+    for split in (["train", "test"] if name in ("bbh", "gsm8k") else ["test"]):
+        records += data.load_dataset_records(name, split, data_dir=data_dir)
+df = pd.DataFrame([{k: r[k] for k in ("dataset", "task", "split")} for r in records])
+by_set = df.groupby(["dataset", "split"]).size().unstack(fill_value=0)
+by_set""",
+    """#md
+## BBH: items per task and split""",
+    """bbh = df[df.dataset == "bbh"].groupby(["task", "split"]).size().unstack(fill_value=0)
+sizes = {t: len(data._bbh_examples(t, data_dir)) for t in data.BBH_TASKS}
+assert data.compute_bbh_split(sizes) == {t: sorted(v) for t, v in data.bbh_split().items()}, \\
+    "the BBH split manifest no longer matches its rule"
+bbh""",
+    """fig, ax = plt.subplots(figsize=(9, 6))
+plot_df = bbh.reset_index().melt(id_vars="task", var_name="split", value_name="items")
+sns.barplot(data=plot_df, y="task", x="items", hue="split", ax=ax)
+ax.set_title("BBH items per task (seeded 80/20 split, D1)")
+fig.tight_layout()
+fig.savefig(ctx.path("bbh_split.png"), dpi=120)
+plt.show()""",
+    """#md
+## A record of each dataset""",
+    """seen = set()
+for r in records:
+    if r["dataset"] not in seen:
+        seen.add(r["dataset"])
+        print(f"--- {r['uid']} (gold {r['answer']!r})\\n{r['question'][:300]}\\n")""",
+    """results = {
+    "counts": {f"{d}/{s}": int(n) for (d, s), n in by_set.stack().items() if n},
+    "bbh_train": int(bbh.get("train", pd.Series()).sum()), "bbh_test": int(bbh.get("test", pd.Series()).sum()),
+    "bbh_tasks": len(bbh),
+}
+ctx.save_results(results)
+results""",
+])

@@ -1,0 +1,37 @@
+"""Write a notebook from a list of cells (markdown strings start with '#md').
+
+Used to author the committed notebooks: ``cells`` is a list of source strings; the one that starts
+with '# parameters' gets the papermill ``parameters`` tag. Notebooks are written without outputs.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nbformat
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_notebook(path: str | Path, cells: list[str]) -> None:
+    path = REPO / path
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    for src in cells:
+        src = src.strip("\n")
+        if src.startswith("#md"):
+            nb.cells.append(nbformat.v4.new_markdown_cell(src[3:].lstrip("\n")))
+        else:
+            cell = nbformat.v4.new_code_cell(src)
+            if src.startswith("# parameters"):
+                cell.metadata["tags"] = ["parameters"]
+            nb.cells.append(cell)
+    for i, c in enumerate(nb.cells):
+        c["id"] = f"c{i:02d}"
+    nbformat.write(nb, str(path))
+
+
+if __name__ == "__main__":
+    sys.exit("import write_notebook from this module")
