@@ -1,0 +1,234 @@
+"""``CachedTeacher``: any backend behind the call store, with concurrency, retries and a budget.
+
+Every consumer (CoT generation, NesyCD error analysis, SKIntern knowledge) receives a plain
+``Teacher``; wrapping a backend in ``CachedTeacher`` adds, in this order for each request:
+
+1. store lookup: a stored success is served with ``cached=True`` and costs nothing;
+2. identical requests in one batch become one call;
+3. misses go to the backend in chunks of ``backend.batch_size`` on a thread pool of
+   ``concurrency`` workers (1 when the backend is not ``parallel``, e.g. a local model);
+4. each reply is stored the moment it arrives (a killed run loses only calls in flight);
+5. a failed, empty or malformed reply is stored as a failure and retried by policy
+   (``policy_retries`` extra attempts, exponential backoff); transport-level retries on
+   429/5xx/timeouts happen inside the backend (the ``openai`` client's own ``max_retries``);
+6. before each new paid call the run's spend is checked against ``budget_usd``; once reached,
+   no new call starts and ``BudgetExceeded`` is raised after the calls in flight are stored.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+from nesylib.errors import ConfigError, NesylibError
+from nesylib.teacher.base import TeacherReply, TeacherRequest
+from nesylib.teacher.store import CallStore, call_key
+
+
+class TeacherError(NesylibError):
+    """A teacher call cannot succeed by retrying (bad key, unknown model, rejected request)."""
+
+
+class BudgetExceeded(TeacherError):
+    """The run's spend reached its cap; stored calls remain servable."""
+
+
+class PriceTable:
+    """USD per 1M input / output tokens, per model name.
+
+    Accepts ``{"model": [in, out]}`` or ``{"model": {"input": in, "output": out}}``.
+    """
+
+    def __init__(self, prices: dict | None = None):
+        self._prices: dict[str, tuple[float, float]] = {}
+        for model, p in (prices or {}).items():
+            try:
+                pin, pout = (p["input"], p["output"]) if isinstance(p, dict) else p
+                self._prices[model] = (float(pin), float(pout))
+            except (KeyError, TypeError, ValueError):
+                raise ConfigError(f"price_table[{model!r}] must be [usd_per_1M_input, usd_per_1M_output] "
+                                  f"or {{'input': ..., 'output': ...}}, got {p!r}") from None
+            if min(self._prices[model]) < 0:
+                raise ConfigError(f"price_table[{model!r}]: prices must be >= 0, got {p!r}")
+
+    def __contains__(self, model: str) -> bool:
+        return model in self._prices
+
+    def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
+        """Cost in USD of one call (0 for a model without a price)."""
+        pin, pout = self._prices.get(model, (0.0, 0.0))
+        return (prompt_tokens * pin + completion_tokens * pout) / 1e6
+
+
+@dataclass
+class RunSummary:
+    """What one ``CachedTeacher`` did since it was created (this run only)."""
+    teacher: str = ""
+    requests: int = 0             # replies handed out
+    cache_hits: int = 0           # served from the store (no cost)
+    calls: int = 0                # backend attempts (each may be paid)
+    succeeded: int = 0            # new successful calls stored
+    failures: int = 0             # failed attempts stored
+    unresolved: int = 0           # requests still failed after every retry
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    budget_usd: float | None = None
+    wall_s: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        cap = f" of {self.budget_usd:g}" if self.budget_usd is not None else ""
+        return (f"{self.teacher}: {self.requests} requests, {self.cache_hits} cache hits, {self.calls} calls "
+                f"({self.succeeded} ok, {self.failures} failed attempts, {self.unresolved} unresolved), "
+                f"tokens {self.prompt_tokens} in / {self.completion_tokens} out, "
+                f"cost ${self.cost_usd:.4f}{cap}, {self.wall_s:.1f} s")
+
+
+@dataclass
+class _Pending:
+    key: str
+    request: TeacherRequest
+    waiting: list[int] = field(default_factory=list)  # positions in the caller's batch
+    reply: TeacherReply | None = None                  # the last attempt's reply
+
+
+class CachedTeacher:
+    """A Teacher that serves stored calls and makes, stores and accounts for the rest."""
+
+    def __init__(self, backend, store: CallStore | None = None, *, concurrency: int = 8,
+                 budget_usd: float | None = None, price_table: PriceTable | dict | None = None,
+                 policy_retries: int = 2, retry_backoff_s: float = 1.0, keep_prompts: bool = False):
+        if concurrency < 1:
+            raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
+        if policy_retries < 0:
+            raise ConfigError(f"policy_retries must be >= 0, got {policy_retries}")
+        self.backend = backend
+        self.store = store if store is not None else CallStore(None)
+        self.prices = price_table if isinstance(price_table, PriceTable) else PriceTable(price_table)
+        self.model = getattr(backend, "model", backend.name)
+        self.backend_kind = getattr(backend, "backend", backend.name.split(":", 1)[0])
+        self.paid = bool(getattr(backend, "paid", False))
+        if budget_usd is not None:
+            if budget_usd < 0:
+                raise ConfigError(f"budget_usd must be >= 0, got {budget_usd}")
+            if self.paid and self.model not in self.prices:
+                raise ConfigError(f"budget_usd={budget_usd} needs a price for model {self.model!r}: pass "
+                                  "price_table={model: [usd_per_1M_input, usd_per_1M_output]}")
+        self.budget_usd = budget_usd
+        self.concurrency = concurrency if getattr(backend, "parallel", False) else 1
+        self.batch_size = max(1, int(getattr(backend, "batch_size", 1)))
+        self.policy_retries = policy_retries
+        self.retry_backoff_s = retry_backoff_s
+        self.keep_prompts = keep_prompts
+        self.summary = RunSummary(teacher=self.name, budget_usd=budget_usd)
+        self._acct = threading.Lock()
+        self._t0 = time.monotonic()
+
+    @property
+    def name(self) -> str:
+        return self.backend.name
+
+    def key(self, request: TeacherRequest) -> str:
+        return call_key(self.backend_kind, self.model, request)
+
+    # ----------------------------------------------------------------------------------- run
+    def complete(self, requests: list[TeacherRequest]) -> list[TeacherReply]:
+        """Replies in request order; stored successes are free, the rest are called and stored."""
+        replies: list[TeacherReply | None] = [None] * len(requests)
+        pending: dict[str, _Pending] = {}
+        for i, req in enumerate(requests):
+            k = self.key(req)
+            rec = self.store.get(k)
+            if rec is not None:
+                replies[i] = TeacherReply(text=rec["text"], ok=True, prompt_tokens=rec.get("prompt_tokens", 0),
+                                          completion_tokens=rec.get("completion_tokens", 0), cached=True,
+                                          finish_reason=rec.get("finish_reason"))
+                with self._acct:
+                    self.summary.cache_hits += 1
+            else:
+                pending.setdefault(k, _Pending(k, req)).waiting.append(i)
+        state: dict = {"abort": None}  # first fatal error or budget stop of this batch
+        todo = list(pending.values())
+        chunks = [todo[i:i + self.batch_size] for i in range(0, len(todo), self.batch_size)]
+        if self.concurrency > 1 and len(chunks) > 1:
+            with ThreadPoolExecutor(self.concurrency, thread_name_prefix="teacher") as pool:
+                for fut in [pool.submit(self._run_chunk, c, state) for c in chunks]:
+                    fut.result()
+        else:
+            for c in chunks:
+                self._run_chunk(c, state)
+        for p in todo:
+            rep = p.reply or TeacherReply(text=None, ok=False, error="not attempted (run stopped)")
+            for i in p.waiting:
+                replies[i] = rep
+        with self._acct:
+            self.summary.requests += len(requests)
+            self.summary.wall_s = time.monotonic() - self._t0
+        if state["abort"] is not None:
+            raise state["abort"]
+        return replies  # type: ignore[return-value]
+
+    def _run_chunk(self, chunk: list[_Pending], state: dict) -> None:
+        left = list(chunk)
+        for attempt in range(self.policy_retries + 1):
+            if not left or state["abort"] is not None:
+                break
+            if attempt:
+                time.sleep(min(self.retry_backoff_s * 2 ** (attempt - 1), 30.0))
+            if self.paid and self.budget_usd is not None:
+                with self._acct:
+                    if self.summary.cost_usd >= self.budget_usd:
+                        state["abort"] = BudgetExceeded(
+                            f"budget of ${self.budget_usd:g} reached (spent ${self.summary.cost_usd:.4f} in this "
+                            f"run); no new calls were started. Stored calls are still served: raise "
+                            f"budget_usd to continue.")
+                        break
+            try:
+                got = self.backend.complete([p.request for p in left])
+                if len(got) != len(left):
+                    raise TeacherError(f"backend {self.name} returned {len(got)} replies for {len(left)} requests")
+            except TeacherError as e:
+                for p in left:
+                    p.reply = TeacherReply(text=None, ok=False, error=str(e))
+                    self._record(p, p.reply, attempt)
+                with self._acct:
+                    state["abort"] = state["abort"] or e
+                break
+            retry = []
+            for p, rep in zip(left, got):
+                if rep.ok and not (rep.text or "").strip():
+                    rep = TeacherReply(text=None, ok=False, error="empty reply", prompt_tokens=rep.prompt_tokens,
+                                       completion_tokens=rep.completion_tokens, finish_reason=rep.finish_reason)
+                self._record(p, rep, attempt)
+                p.reply = rep
+                if not rep.ok:
+                    retry.append(p)
+            left = retry
+        with self._acct:
+            self.summary.unresolved += sum(1 for p in left if p.reply is None or not p.reply.ok)
+
+    def _record(self, p: _Pending, rep: TeacherReply, attempt: int) -> None:
+        cost = self.prices.cost(self.model, rep.prompt_tokens, rep.completion_tokens) if self.paid else 0.0
+        req = p.request
+        rec = {"key": p.key, "backend": self.backend_kind, "model": self.model, "ok": bool(rep.ok),
+               "text": rep.text if rep.ok else None, "error": None if rep.ok else (rep.error or "failed"),
+               "finish_reason": rep.finish_reason, "prompt_tokens": rep.prompt_tokens,
+               "completion_tokens": rep.completion_tokens, "cost_usd": cost, "attempt": attempt,
+               "kind": req.kind, "uid": req.uid, "sample_index": req.sample_index, "sampling": req.sampling(),
+               "system": req.system, "prompt_sha256": hashlib.sha256(req.prompt.encode("utf-8")).hexdigest()}
+        if self.keep_prompts:
+            rec["prompt"] = req.prompt
+        self.store.put(rec)
+        with self._acct:
+            s = self.summary
+            s.calls += 1
+            s.succeeded += int(rep.ok)
+            s.failures += int(not rep.ok)
+            s.prompt_tokens += rep.prompt_tokens
+            s.completion_tokens += rep.completion_tokens
+            s.cost_usd += cost

@@ -1,0 +1,49 @@
+"""One call that builds a ready ``Teacher`` from plain parameters (notebooks, CLI)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from nesylib.errors import ConfigError
+
+BACKENDS = ("openai", "local", "replay")
+
+
+def teacher_from_params(backend: str, model: str | None = None, base_url: str | None = None,
+                        api_key_env: str = "OPENAI_API_KEY", store_path: str | Path | None = None,
+                        concurrency: int = 8, budget_usd: float | None = None, price_table: dict | None = None,
+                        *, timeout: float = 120.0, max_retries: int = 6, policy_retries: int = 2,
+                        batch_size: int = 8, keep_prompts: bool = False, data_dir=None):
+    """A ``Teacher`` for ``backend``:
+
+    * ``"openai"``: any OpenAI-compatible endpoint (``base_url``; key from ``$api_key_env``),
+      wrapped in a ``CachedTeacher`` over the store at ``store_path`` (in memory if None).
+    * ``"local"``: a transformers chat model (default ``smollm2-135m``), cached the same way.
+    * ``"replay"``: recorded outputs; ``model`` is the source ("codex", "gsm8k" or "auto").
+
+    Parameters hold no secret: the key is read from the environment by the backend.
+    """
+    from nesylib.teacher.cached import CachedTeacher
+    from nesylib.teacher.store import CallStore
+
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "replay":
+        from nesylib.teacher.replay import ReplayTeacher
+
+        return ReplayTeacher(model or "auto", data_dir=data_dir)
+    if backend == "openai":
+        from nesylib.teacher.openai_backend import OpenAIBackend
+
+        if not model:
+            raise ConfigError("model: the openai backend needs a model name")
+        inner = OpenAIBackend(model, base_url=base_url, api_key_env=api_key_env, timeout=timeout,
+                              max_retries=max_retries)
+    else:
+        from nesylib.teacher.local import LocalBackend
+
+        if base_url:
+            raise ConfigError("base_url applies to the openai backend only (a local model has no URL)")
+        inner = LocalBackend(model or "smollm2-135m", batch_size=batch_size)
+    store = CallStore(store_path) if store_path else None
+    return CachedTeacher(inner, store, concurrency=concurrency, budget_usd=budget_usd, price_table=price_table,
+                         policy_retries=policy_retries, keep_prompts=keep_prompts)

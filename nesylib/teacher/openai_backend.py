@@ -1,0 +1,120 @@
+"""Backend for any OpenAI-compatible chat endpoint (OpenAI, vLLM, Ollama, llama.cpp server).
+
+Transport errors (429, 5xx, 408/409, timeouts, dropped connections) are retried by the
+``openai`` client itself (``max_retries`` with exponential backoff, honouring Retry-After).
+What is left after those retries, and replies that arrive but are unusable (malformed JSON,
+no choices, empty text, content filter), come back as failed ``TeacherReply``s for the policy
+retry in ``CachedTeacher``. Errors that retrying cannot fix (bad key, unknown model, rejected
+request) raise ``TeacherError`` so a run stops at once instead of failing every item.
+
+The API key is read from an environment variable (name configurable) when the backend is
+created and handed to the client only; it is scrubbed from every error message.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from nesylib.errors import ConfigError
+from nesylib.teacher.base import TeacherReply, TeacherRequest
+from nesylib.teacher.cached import TeacherError
+
+NO_KEY_PLACEHOLDER = "EMPTY"  # what vLLM/Ollama/llama.cpp servers accept when they need no key
+
+
+class OpenAIBackend:
+    """Chat-completions backend; one HTTP call per request, safe to call from many threads."""
+
+    backend = "openai"
+    parallel = True
+    batch_size = 1
+    paid = True
+
+    def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
+                 timeout: float = 120.0, max_retries: int = 6, max_tokens_field: str = "max_tokens"):
+        if not model:
+            raise ConfigError("model: an OpenAI-compatible backend needs a model name (e.g. gpt-4o-mini)")
+        if max_tokens_field not in ("max_tokens", "max_completion_tokens"):
+            raise ConfigError(f"max_tokens_field must be 'max_tokens' or 'max_completion_tokens', "
+                              f"got {max_tokens_field!r}")
+        key = os.environ.get(api_key_env, "")
+        if not key:
+            if base_url is None:
+                raise ConfigError(f"the API key is read from the environment variable ${api_key_env}, which is "
+                                  f"not set. Export it (or name another variable with api_key_env), or give "
+                                  f"base_url for a local server that needs no key.")
+            key = NO_KEY_PLACEHOLDER
+        from openai import OpenAI
+
+        self.model = model
+        self.name = f"openai:{model}"
+        self.max_tokens_field = max_tokens_field
+        self._secret = key if key != NO_KEY_PLACEHOLDER else None
+        self._client = OpenAI(api_key=key, base_url=base_url, timeout=timeout, max_retries=max_retries)
+
+    def __repr__(self) -> str:  # never show the client (it holds the key)
+        return f"OpenAIBackend(model={self.model!r})"
+
+    def _scrub(self, text: str) -> str:
+        if self._secret:
+            text = text.replace(self._secret, "***")
+        return text
+
+    def complete(self, requests: list[TeacherRequest]) -> list[TeacherReply]:
+        return [self._one(r) for r in requests]
+
+    def _one(self, req: TeacherRequest) -> TeacherReply:
+        import openai
+
+        messages = ([{"role": "system", "content": req.system}] if req.system else []) + \
+                   [{"role": "user", "content": req.prompt}]
+        kwargs = {"model": self.model, "messages": messages, "temperature": req.temperature,
+                  "top_p": req.top_p, self.max_tokens_field: req.max_tokens}
+        try:
+            resp = self._client.chat.completions.create(**kwargs)
+        except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError,
+                openai.BadRequestError, openai.UnprocessableEntityError) as e:
+            # Retrying cannot fix these; report without the chained exception (it carries the request).
+            raise TeacherError(self._scrub(f"{self.name}: request rejected with HTTP {e.status_code}: "
+                                           f"{_message(e)}")) from None
+        except openai.APIStatusError as e:  # 429/5xx left after the client's own retries
+            return self._fail(f"HTTP {e.status_code} after retries: {_message(e)}")
+        except openai.APITimeoutError:
+            return self._fail("timed out after retries")
+        except openai.APIConnectionError as e:
+            return self._fail(f"connection failed after retries: {type(e.__cause__ or e).__name__}")
+        except (json.JSONDecodeError, openai.APIResponseValidationError, ValueError) as e:
+            return self._fail(f"malformed response: {type(e).__name__}: {str(e)[:200]}")
+        if isinstance(resp, str) or not getattr(resp, "choices", None):
+            return self._fail("malformed response: no choices")
+        usage = getattr(resp, "usage", None)
+        choice = resp.choices[0]
+        text = getattr(choice.message, "content", None) if choice.message is not None else None
+        pt = int(getattr(usage, "prompt_tokens", 0) or 0) if usage else _estimate_tokens(req.system + req.prompt)
+        ct = int(getattr(usage, "completion_tokens", 0) or 0) if usage else _estimate_tokens(text or "")
+        if choice.finish_reason == "content_filter":
+            return TeacherReply(text=None, ok=False, error="rejected by the content filter",
+                                prompt_tokens=pt, completion_tokens=ct, finish_reason=choice.finish_reason)
+        if not text or not text.strip():
+            return TeacherReply(text=None, ok=False, error="empty reply", prompt_tokens=pt, completion_tokens=ct,
+                                finish_reason=choice.finish_reason)
+        return TeacherReply(text=text, ok=True, prompt_tokens=pt, completion_tokens=ct,
+                            finish_reason=choice.finish_reason)
+
+    def _fail(self, error: str) -> TeacherReply:
+        return TeacherReply(text=None, ok=False, error=self._scrub(f"{self.name}: {error}"))
+
+
+def _message(e) -> str:
+    body = getattr(e, "body", None)
+    if isinstance(body, dict):
+        err = body.get("error")
+        msg = err.get("message") if isinstance(err, dict) else body.get("message")
+        if msg:
+            return str(msg)[:300]
+    return str(getattr(e, "message", "") or e)[:300]
+
+
+def _estimate_tokens(text: str) -> int:
+    """Servers that omit ``usage``: about 4 characters per token, so budgets still bind."""
+    return (len(text) + 3) // 4
