@@ -31,6 +31,20 @@ def write_notebook(path: str | Path, cells: list[str]) -> None:
     for i, c in enumerate(nb.cells):
         c["id"] = f"c{i:02d}"
     nbformat.write(nb, str(path))
+    _check_parameters(path, cells)
+
+
+def _check_parameters(path: Path, cells: list[str]) -> None:
+    """papermill silently ignores parameter lines it cannot parse (e.g. '=' in a comment): refuse them."""
+    import papermill as pm
+
+    src = next((c for c in cells if c.strip("\n").startswith("# parameters")), None)
+    if src is None:
+        raise SystemExit(f"{path}: no parameters cell")
+    names = {line.split("=")[0].strip() for line in src.splitlines() if "=" in line and not line.startswith("#")}
+    parsed = set(pm.inspect_notebook(str(path)))
+    if names != parsed:
+        raise SystemExit(f"{path}: papermill cannot parse parameter(s) {sorted(names - parsed)}")
 
 
 if __name__ == "__main__":

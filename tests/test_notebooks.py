@@ -20,16 +20,49 @@ def test_committed_without_outputs(nb):
     assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in code), "no parameters cell"
 
 
-def test_data_notebook_runs_and_caches(tmp_path):
-    out = runs.run_preset("smoke", only=["00_data"], run_root=tmp_path, log=lambda *_: None)
-    assert out == [{"notebook": "00_data", "status": "ran", "seconds": out[0]["seconds"]}]
+def test_teacher_notebook_with_an_api_teacher_never_writes_the_key(tmp_path, monkeypatch, data_dir):
+    """01 against a local OpenAI-compatible server: the key reaches the server, never a file."""
+    import papermill as pm
+
+    from fake_openai_server import FakeOpenAIServer
+
+    key = "sk-test-" + "q7" * 16
+    monkeypatch.setenv("NESYLIB_TEST_KEY", key)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    right = lambda body: "We reason. Therefore, the answer is No."  # noqa: E731
+    with FakeOpenAIServer(api_key=key, fault_rate=0.3, seed=3, faults=("429", "500"), reply_fn=right) as s:
+        pm.execute_notebook(str(ROOT / "notebooks/01_teacher_distillation.ipynb"), str(tmp_path / "01.ipynb"),
+                            parameters=dict(preset="t", run_root=str(tmp_path), bbh_tasks=["navigate"],
+                                            train_per_task=4, gsm8k_train=0, teacher_backend="openai",
+                                            teacher_model="fake", teacher_base_url=s.base_url,
+                                            api_key_env="NESYLIB_TEST_KEY", max_rounds=1, price_in_out=[1.0, 2.0]),
+                            progress_bar=False, cwd=str(ROOT / "notebooks"))
+        assert s.total_paid == 4 * 2  # 4 questions x 2 samples, each paid once despite the faults
+    res = json.loads((tmp_path / "01_teacher_distillation" / "results.json").read_text())
+    assert res["items"] == 4 and res["calls"]["succeeded"] == 8
+    from nesylib.experiment import select_train
+
+    golds = [r["answer"] for r in select_train(["navigate"], 4, 0, 42)]
+    assert res["accepted"] == golds.count("No")  # the server always answers "No": only those are right
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "teacher_store.jsonl" for p in written)
+    for p in written:
+        assert key not in p.read_text(errors="replace"), f"the API key leaked into {p}"
+
+
+def test_smoke_preset_runs_every_notebook_and_caches(tmp_path):
+    out = runs.run_preset("smoke", run_root=tmp_path, log=lambda *_: None)
+    assert [o["notebook"] for o in out] == [p.stem for p in NOTEBOOKS]
+    assert all(o["status"] == "ran" for o in out)
     res = json.loads((tmp_path / "00_data" / "results.json").read_text())
     assert res["bbh_train"] == 5209 and res["bbh_test"] == 1302
     env = json.loads((tmp_path / "00_data" / "env.json").read_text())
     assert env["packages"]["transformers"] == "5.17.0"
     assert (tmp_path / "00_data.ipynb").is_file() and (tmp_path / "00_data" / "bbh_split.png").is_file()
-    again = runs.run_preset("smoke", only=["00_data"], run_root=tmp_path, log=lambda *_: None)
-    assert again[0]["status"] == "cached"
+    teach = json.loads((tmp_path / "01_teacher_distillation" / "results.json").read_text())
+    assert 0 < teach["accepted"] <= teach["items"] == 2 * 6 + 4
+    again = runs.run_preset("smoke", run_root=tmp_path, log=lambda *_: None)
+    assert all(o["status"] == "cached" for o in again)
 
 
 def test_bad_preset_values_are_named(tmp_path):

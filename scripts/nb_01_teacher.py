@@ -1,0 +1,88 @@
+from nbtool import write_notebook
+
+write_notebook("notebooks/01_teacher_distillation.ipynb", [
+    """#md
+# 01 · Teacher distillation: the rationale dataset every student trains on
+
+A teacher writes a chain of thought ending in `Therefore, the answer is X.` for each training question;
+only rationales whose answer matches the gold answer are kept (CasCoD's "right answer" filter, D2).
+
+* `teacher_backend="replay"` (the cpu default, no network): BBH uses the recorded Codex CoTs, rewritten
+  to the marker (D2); GSM8K uses its human reference solutions, rewritten the same way (D3, a deviation).
+* `teacher_backend="openai"`: any OpenAI-compatible endpoint (OpenAI, a vLLM or llama.cpp server) via
+  `teacher_base_url` and `teacher_model`; the key is read from the environment variable named by
+  `api_key_env` and is never written anywhere. Every call goes through a persistent store: re-running is
+  free, a crash loses nothing paid for, and the store file can be shared.
+* `teacher_backend="local"`: a local transformers chat model.""",
+    """# parameters
+preset = "adhoc"
+run_root = None
+data_dir = None
+seed = 42
+bbh_tasks = None            # None: all 27 tasks
+train_per_task = None       # None: every BBH train item
+gsm8k_train = None          # None: all 7473 items; 0 excludes GSM8K
+teacher_backend = "replay"  # replay | openai | local
+teacher_model = "auto"      # replay: auto | codex | gsm8k; openai/local: the model name
+teacher_base_url = None
+api_key_env = "OPENAI_API_KEY"
+# CasCoD's sampling schedule: 2 samples at T 0.2, then one more sample and T + 0.1 per round
+max_rounds = 4
+concurrency = 8
+budget_usd = None           # stop new paid calls beyond this spend
+price_in_out = None         # [USD per 1M input tokens, USD per 1M output tokens] for the cost summary
+store_path = None           # None: <run dir>/teacher_store.jsonl""",
+    """import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+from nesylib import experiment, runs
+from nesylib.teacher import SampleSchedule, generate_rationales, replay_rationales, teacher_from_params
+
+params = dict(preset=preset, run_root=run_root, data_dir=data_dir, seed=seed, bbh_tasks=bbh_tasks,
+              train_per_task=train_per_task, gsm8k_train=gsm8k_train, teacher_backend=teacher_backend,
+              teacher_model=teacher_model, teacher_base_url=teacher_base_url, api_key_env=api_key_env,
+              max_rounds=max_rounds, concurrency=concurrency, budget_usd=budget_usd, price_in_out=price_in_out,
+              store_path=store_path)
+ctx = runs.start("01_teacher_distillation", params,
+                 schema={"teacher_backend": ["replay", "openai", "local"], "max_rounds": int, "concurrency": int,
+                         "seed": int})
+train = experiment.select_train(bbh_tasks, train_per_task, gsm8k_train, seed, data_dir)
+print(f"{len(train)} training questions")""",
+    """if teacher_backend == "replay":
+    rset = replay_rationales(train, teacher_model, data_dir=data_dir)
+    summary = {"calls": 0, "cost_usd": 0.0, "note": "recorded outputs: no calls"}
+else:
+    prices = {teacher_model: price_in_out} if price_in_out else None
+    teacher = teacher_from_params(teacher_backend, teacher_model, base_url=teacher_base_url, api_key_env=api_key_env,
+                                  store_path=store_path or ctx.path("teacher_store.jsonl"), concurrency=concurrency,
+                                  budget_usd=budget_usd, price_table=prices)
+    rset = generate_rationales(train, teacher, schedule=SampleSchedule(max_rounds=max_rounds), seed=seed,
+                               progress=print)
+    print(teacher.summary)
+    summary = teacher.summary.as_dict()
+rset.save(experiment.rationale_file(ctx.dir))
+table = pd.DataFrame(rset.table())
+table""",
+    """#md
+## Acceptance per task""",
+    """fig, ax = plt.subplots(figsize=(8, max(3, 0.28 * len(table))))
+sns.barplot(data=table[table.task != "all"], y="task", x="rate", ax=ax, color="tab:blue")
+ax.set_xlabel("share of questions with an accepted rationale")
+ax.set_title(f"Teacher: {rset.teacher}")
+fig.tight_layout()
+fig.savefig(ctx.path("acceptance.png"), dpi=120)
+plt.show()""",
+    """ex = rset.records[0]
+print(ex["uid"], "| gold:", ex["answer"])
+print(ex["question"][:400])
+print("--- rationale ---")
+print(ex["rationale"])""",
+    """tot = rset.totals()
+ctx.save_results({"teacher": rset.teacher, "prompt_version": rset.prompt_version, "items": tot.items,
+                  "accepted": tot.accepted, "acceptance_rate": round(tot.rate, 4), "per_task": rset.table(),
+                  "calls": summary})
+print(f"accepted {tot.accepted} of {tot.items} ({tot.rate:.1%})")""",
+])
