@@ -41,3 +41,51 @@ def select_eval(eval_per_task: dict, bbh_tasks=None, seed=42, data_dir=None) -> 
 def rationale_file(run_dir: Path) -> Path:
     """Where 01_teacher_distillation leaves the rationale dataset every student trains on."""
     return Path(run_dir) / "rationales.jsonl"
+
+
+def load_training_set(ctx) -> list[dict]:
+    """The rationale dataset written by 01_teacher_distillation for this run."""
+    from nesylib.teacher.cot import load_rationales
+
+    return load_rationales(rationale_file(ctx.upstream("01_teacher_distillation")))
+
+
+def knowledge_file(run_dir: Path) -> Path:
+    """Where 04_skintern_curriculum leaves the per-item knowledge (uid -> text) of the train items."""
+    return Path(run_dir) / "knowledge.jsonl"
+
+
+def load_knowledge(path: Path) -> dict[str, str]:
+    rows = data.read_jsonl(Path(path))
+    for n, r in enumerate(rows, 1):
+        if not isinstance(r.get("uid"), str) or not isinstance(r.get("knowledge"), str):
+            raise ConfigError(f"{path}:{n}: expected {{'uid': str, 'knowledge': str}}")
+    return {r["uid"]: r["knowledge"] for r in rows}
+
+
+class KardKnowledge:
+    """D19: BM25 top-k over the train items' knowledge texts; training excludes the item's own text."""
+
+    def __init__(self, train_records: list[dict], knowledge: dict[str, str], k: int = 3):
+        from nesylib.retrieval import BM25Retriever
+
+        self.pool = [(uid, text) for uid, text in knowledge.items() if text.strip()]
+        if not self.pool:
+            raise ConfigError("KARD needs knowledge texts, but the knowledge file is empty")
+        self.k = k
+        self._index = BM25Retriever([text for _, text in self.pool])
+        self._pos = {uid: i for i, (uid, _) in enumerate(self.pool)}
+        self.train = {r["uid"]: self._passages(r, exclude=self._pos.get(r["uid"])) for r in train_records}
+
+    def _passages(self, record: dict, exclude=None) -> list[str]:
+        query = f"{record['task_description']} {record['question']}"
+        hits = self._index.search(query, k=self.k, exclude=exclude)
+        # "<title> . <text>": KARD's passage layout; the title is the source item's task
+        return [f"{self.pool[h.docid][0].split('/')[1]} . {self.pool[h.docid][1]}" for h in hits]
+
+    def test(self, record: dict) -> list[str]:
+        return self._passages(record)
+
+
+def kard_knowledge(ctx, train_records: list[dict], k: int = 3) -> KardKnowledge:
+    return KardKnowledge(train_records, load_knowledge(knowledge_file(ctx.upstream("04_skintern_curriculum"))), k)

@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -36,7 +37,7 @@ NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 RUNS_DIR = REPO_ROOT / "results" / "runs"
 TRACKED_PACKAGES = ("torch", "transformers", "peft", "datasets", "accelerate", "bm25s", "faiss-cpu",
                     "sentence-transformers", "papermill", "openai", "unsloth", "numpy", "pandas")
-_SECRET_HINTS = ("key", "token", "secret", "password")
+_SECRET_NAME = re.compile(r"(^|_)(api_?key|key|token|secret|password|auth)$", re.IGNORECASE)
 
 
 # ------------------------------------------------------------------------------------ files
@@ -95,7 +96,7 @@ def load_preset(name_or_path: str) -> dict:
             raise ConfigError(f"{path}: preset lacks top-level key {key!r}")
     preset.setdefault("notebooks", {})
     for k in preset["common"]:
-        if any(h in k.lower() for h in _SECRET_HINTS) and not k.endswith("_env"):
+        if _SECRET_NAME.search(k):
             raise ConfigError(f"{path}: parameter {k!r} looks like a secret; pass secrets through environment "
                               "variables and name the variable in a '*_env' parameter instead")
     return preset

@@ -1,0 +1,102 @@
+from nbtool import write_notebook
+
+write_notebook("notebooks/05_baselines.ipynb", [
+    """#md
+# 05 · Baselines: the students NesyCD and SKIntern are compared against
+
+Each baseline is LoRA-fine-tuned on the same rationale dataset (notebook 01) with the same recipe and
+evaluated with the same harness (method.md §5, §6):
+
+| id | method | trains on | answers with |
+|---|---|---|---|
+| `ft` | answer-only FT | question → gold answer | the answer directly |
+| `std` | Std-CoT | question → teacher CoT | a CoT |
+| `mt-cot` | MT-CoT | `[Explanation Generation]` → CoT and `[Answer Prediction]` → answer, loss 0.7/0.3 | the answer directly |
+| `mt-re` | Step-by-step | `Rationale:` → rationale and `Answer:` → answer, loss 0.7/0.3 | the answer directly |
+| `kard` | KARD | retrieved knowledge + question → CoT | a CoT with knowledge retrieved for the test question |
+| `cascod` | CasCoD | question → rationale, then question + rationale → answer, 0.7/0.3 | rationale, then answer |
+
+KARD's passages are BM25 top-3 over the SKIntern knowledge of the training items (D19; the item's own is
+excluded while training), so this notebook reads notebook 04's knowledge when `kard` is in `methods`.""",
+    """# parameters
+preset = "adhoc"
+run_root = None
+data_dir = None
+seed = 42
+student = "smollm2-135m"
+bbh_tasks = None
+train_per_task = None
+gsm8k_train = None
+eval_per_task = {"bbh": None}
+methods = ["base", "ft", "std", "mt-cot", "mt-re", "kard", "cascod"]
+train = {}                 # nesylib.train.TrainConfig fields, e.g. epochs, lr, per_device_batch
+eval_batch_size = 16
+max_new_tokens = None      # None: per-task caps (calibration.md); 1024 is the authors' protocol
+kard_k = 3""",
+    """import json
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from nesylib import experiment, runs, students
+from nesylib.train import pick_backend
+
+backend = pick_backend()  # before transformers is used: unsloth patches it on a GPU
+params = dict(preset=preset, run_root=run_root, data_dir=data_dir, seed=seed, student=student, bbh_tasks=bbh_tasks,
+              train_per_task=train_per_task, gsm8k_train=gsm8k_train, eval_per_task=eval_per_task, methods=methods,
+              train=train, eval_batch_size=eval_batch_size, max_new_tokens=max_new_tokens, kard_k=kard_k)
+ctx = runs.start("05_baselines", params, schema={**experiment.SELECTION_SCHEMA, "methods": list, "train": dict,
+                                                  "eval_batch_size": int, "kard_k": int})
+bad = sorted(set(methods) - {"base", "ft", "std", "mt-cot", "mt-re", "kard", "kaft", "cascod"})
+if bad:
+    raise ValueError(f"parameter 'methods' has unknown baseline(s) {bad}")
+cfg = students.train_config(train)
+train_recs = experiment.load_training_set(ctx)
+eval_sets = experiment.select_eval(eval_per_task, bbh_tasks, seed, data_dir)
+print(f"backend {backend}; {len(train_recs)} training items; evaluation:",
+      {k: len(v) for k, v in eval_sets.items()})""",
+    """from nesylib.formats import examples_for
+
+kard_passages = None
+if {"kard", "kaft"} & set(methods):
+    kard_passages = experiment.kard_knowledge(ctx, train_recs, k=kard_k)
+
+rows = []
+for method in methods:
+    if method == "base":
+        adapter, metrics = None, None
+    else:
+        knowledge = kard_passages.train if method in ("kard", "kaft") else None
+        ex = examples_for(method, train_recs, knowledge)
+        out = students.student_dir(ctx.dir.parent, method, ex, cfg, student)
+        res = students.train_student(method, ex, cfg, out, student)
+        adapter, metrics = res.adapter_dir, res.metrics
+        print(f"{method}: trained {'(cached)' if res.cached else ''} loss {metrics.get('final_loss')}")
+    test_knowledge = kard_passages.test if method in ("kard", "kaft") else None
+    result = students.evaluate_student(method, student, adapter, eval_sets, ctx.path("eval", method),
+                                       knowledge=test_knowledge, batch_size=eval_batch_size,
+                                       max_new_tokens=max_new_tokens, seed=seed)
+    rows.append(students.result_row(method, result, metrics))
+    print(f"{method}: ID avg {rows[-1]['id_avg']}, OOD avg {rows[-1]['ood_avg']}")
+table = pd.DataFrame(rows)
+table.to_csv(ctx.path("baselines.csv"), index=False)
+table[["method"] + [c for c in table.columns if c in eval_sets] + ["id_avg", "ood_avg", "no_answer_rate"]]""",
+    """#md
+## Accuracy with 95% bootstrap confidence intervals""",
+    """fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.5))
+for i, r in enumerate(rows):
+    for j, ds in enumerate(eval_sets):
+        lo, hi = r[f"{ds}_ci"]
+        ax.errorbar(r[ds], i + 0.12 * (j - len(eval_sets) / 2), xerr=[[r[ds] - lo], [hi - r[ds]]], fmt="o",
+                    color=f"C{j}", label=ds if i == 0 else None, capsize=2)
+ax.set_yticks(range(len(rows)), [r["method"] for r in rows])
+ax.set_xlabel("accuracy")
+ax.legend(loc="lower right", fontsize=8)
+ax.set_title(f"Baselines, student {student}")
+fig.tight_layout()
+fig.savefig(ctx.path("baselines.png"), dpi=120)
+plt.show()""",
+    """ctx.save_results({"rows": rows, "student": student, "backend": backend, "train_config": vars(cfg)})""",
+])
