@@ -14,6 +14,9 @@ def _provision(args) -> int:
     t0 = time.time()
     print(f"SmolLM2-135M-Instruct: {provision_smollm2()}")
     print(f"tiny test LLaMA:       {provision_tiny_llama()}")
+    from nesylib.retrieval import minilm_dir
+
+    print(f"MiniLM embeddings:     {minilm_dir()}")
     print(f"models ready in {time.time() - t0:.1f} s")
     return 0
 

