@@ -49,7 +49,8 @@ test-all: model
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
 reproduce: model
-	$(BIN)/python -m nesylib run --preset $(PRESET)
+	time $(BIN)/python -m nesylib run --preset $(PRESET)
+	$(BIN)/python -m nesylib export --preset $(PRESET)
 
 clean-runs:
 	rm -rf results/runs

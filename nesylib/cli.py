@@ -34,6 +34,14 @@ def _run(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from nesylib.runs import export_results
+
+    files = export_results(args.preset, args.run_root)
+    print(f"exported {len(files)} files to results/{args.preset}/")
+    return 0
+
+
 def _data(args) -> int:
     from nesylib.sources import fetch, registry
 
@@ -58,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="re-run notebooks even if their inputs are unchanged")
     r.add_argument("--run-root", help="output folder (default results/runs/<preset>)")
     r.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's own)")
+    e = sub.add_parser("export", help="copy a run's tables and figures into results/<preset>/ (for committing)")
+    e.add_argument("--preset", default="cpu")
+    e.add_argument("--run-root", help="run folder (default results/runs/<preset>)")
     d = sub.add_parser("data", help="verify (and download if missing) every pinned benchmark file")
     d.add_argument("--data-dir", help="mirror folder (default $NESYLIB_DATA_DIR, else download to the cache)")
     try:
@@ -71,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"provision": _provision, "run": _run, "data": _data}
+    handlers = {"provision": _provision, "run": _run, "data": _data, "export": _export}
     try:
         if args.cmd == "teach":
             from nesylib.teacher.cli import run_teach

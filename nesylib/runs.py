@@ -274,3 +274,28 @@ def run_preset(preset_name: str, only: list[str] | None = None, force: bool = Fa
         log(f"[{i}/{len(nbs)}] {stem}: done in {secs:.0f} s")
         summary.append({"notebook": stem, "status": "ran", "seconds": secs})
     return summary
+
+
+EXPORT_SUFFIXES = (".csv", ".png", ".md")
+
+
+def export_results(preset_name: str, run_root: str | Path | None = None, dest: str | Path | None = None) -> list[Path]:
+    """Copy a run's tables, figures and results.json files into ``results/<preset>/`` (committed).
+
+    Executed notebooks, adapters and sample logs stay under ``results/runs/`` (git-ignored).
+    """
+    import shutil
+
+    root = Path(run_root or RUNS_DIR / preset_name)
+    dest = Path(dest or REPO_ROOT / "results" / preset_name)
+    if not root.is_dir():
+        raise ConfigError(f"no run folder {root}: run `python -m nesylib run --preset {preset_name}` first")
+    copied = []
+    for nb_dir in sorted(p for p in root.iterdir() if p.is_dir() and (p / "results.json").is_file()):
+        out = dest / nb_dir.name
+        out.mkdir(parents=True, exist_ok=True)
+        for f in [nb_dir / "results.json", nb_dir / "env.json", nb_dir / "params.json",
+                  *(p for p in nb_dir.iterdir() if p.suffix in EXPORT_SUFFIXES)]:
+            shutil.copy2(f, out / f.name)
+            copied.append(out / f.name)
+    return copied

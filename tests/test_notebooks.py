@@ -82,3 +82,17 @@ def test_cli_help():
     out = subprocess.run([str(ROOT / ".venv/bin/python"), "-m", "nesylib", "--help"], capture_output=True, text=True,
                          cwd=ROOT)
     assert out.returncode == 0 and "run" in out.stdout and "provision" in out.stdout
+
+
+def test_export_copies_tables_and_figures_only(tmp_path):
+    run = tmp_path / "run"
+    (run / "05_baselines" / "eval").mkdir(parents=True)
+    (run / "05_baselines" / "results.json").write_text("{}")
+    (run / "05_baselines" / "baselines.csv").write_text("method,acc\n")
+    (run / "05_baselines" / "eval" / "samples.jsonl").write_text("{}\n")
+    (run / "06_unfinished").mkdir()
+    files = runs.export_results("x", run, tmp_path / "out")
+    assert sorted(p.name for p in files) == ["baselines.csv", "results.json"]
+    assert not (tmp_path / "out" / "06_unfinished").exists()
+    with pytest.raises(ConfigError, match="no run folder"):
+        runs.export_results("x", tmp_path / "missing")
