@@ -294,8 +294,8 @@ def export_results(preset_name: str, run_root: str | Path | None = None, dest: s
     for nb_dir in sorted(p for p in root.iterdir() if p.is_dir() and (p / "results.json").is_file()):
         out = dest / nb_dir.name
         out.mkdir(parents=True, exist_ok=True)
-        for f in [nb_dir / "results.json", nb_dir / "env.json", nb_dir / "params.json",
-                  *(p for p in nb_dir.iterdir() if p.suffix in EXPORT_SUFFIXES)]:
+        keep = [nb_dir / n for n in ("results.json", "env.json", "params.json") if (nb_dir / n).is_file()]
+        for f in keep + sorted(p for p in nb_dir.iterdir() if p.suffix in EXPORT_SUFFIXES):
             shutil.copy2(f, out / f.name)
             copied.append(out / f.name)
     return copied
