@@ -1,0 +1,163 @@
+"""SKIntern knowledge generation: a teacher writes a learning summary and supplementary knowledge
+for each train item from its question and gold answer (method.md §4.2, D15).
+
+The prompt keeps the authors' structure and slots (role sentence, {prefix}, instruction, {task},
+concision sentence, then "\\n\\n" + fewshot + "Question: {query}\\nAnswer: {answer}\\n\\n") in the
+project's own words, with one project-written demo in the "full" style. A reply is valid only if it
+has both sections; "Summary of Learning:" and markdown-decorated headers are normalised to
+"Learning Summary:" / "Supplementary Knowledge:". Invalid replies are retried with a new
+``sample_index`` (so caching teachers draw a fresh sample) and, after ``max_attempts``, reported
+as failures with every reason: nothing is dropped silently.
+Bump KNOWLEDGE_PROMPT_VERSION whenever a string below changes: cached teacher outputs key on it.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from nesylib.errors import ConfigError
+from nesylib.prompts import prefix_prompt
+from nesylib.teacher.base import DEFAULT_SYSTEM, Teacher, TeacherRequest
+
+KNOWLEDGE_PROMPT_VERSION = "k1"
+SUMMARY_HEADER = "Learning Summary:"
+KNOWLEDGE_HEADER = "Supplementary Knowledge:"
+
+ROLE = ("You are an expert teaching assistant. For the question below you write a learning summary "
+        "and the knowledge behind it, so that students can solve questions of the same task on their "
+        "own in the future.")
+INSTRUCTION = ("Drawing on your understanding of the question and on the relevant background knowledge, "
+               "core concepts and empirical rules, write a Learning Summary as a numbered list of the steps "
+               "and precautions needed to solve such questions, and Supplementary Knowledge as a numbered "
+               "list of the facts, definitions and techniques those steps rely on.")
+CONCISION = "Keep both parts short, general and to the point."
+
+
+@dataclass(frozen=True)
+class KnowledgeDemo:
+    question: str   # "Question: ...\nAnswer: (C).\n\n"
+    rational: str   # the two numbered sections (the authors' field name)
+
+
+# One project-written demo (date_understanding-like, written for this project, not a BBH item).
+DEMOS = [KnowledgeDemo(
+    question=("Question: Maya's passport expired on 02/27/2024, and she renewed it exactly three days later. "
+              "What was the date of the renewal in MM/DD/YYYY?\nOptions:\n(A) 03/02/2024\n(B) 02/30/2024\n"
+              "(C) 03/01/2024\n(D) 03/03/2024\n(E) 02/28/2024\n(F) 03/01/2023\nAnswer: (C).\n\n"),
+    rational=(
+        "Learning Summary:\n"
+        "1. Find the reference date and the exact offset the question asks for (days, weeks, months or "
+        "years, forwards or backwards) before computing anything.\n"
+        "2. Move through the offset one unit at a time, checking the length of every month you cross.\n"
+        "3. When February is involved, decide first whether the year is a leap year.\n"
+        "4. Write the result in the requested format and compare it with every option; discard options "
+        "that are not real dates, such as 02/30.\n"
+        "5. Lesson: most date mistakes come from month lengths and leap years, so verify each boundary "
+        "you cross.\n\n"
+        "Supplementary Knowledge:\n"
+        "1. Month lengths: January 31, February 28 (29 in a leap year), March 31, April 30, May 31, "
+        "June 30, July 31, August 31, September 30, October 31, November 30, December 31.\n"
+        "2. Leap years are divisible by 4, but century years must also be divisible by 400: 2000 was "
+        "a leap year, 1900 was not.\n"
+        "3. \"Yesterday\" is one day back, \"a week ago\" is seven days back, and \"one year later\" keeps "
+        "the month and day (29 February aside).\n"
+        "4. In MM/DD/YYYY the month comes first, so 03/01/2024 is 1 March 2024.\n"
+        "5. Days added past the end of a month carry into the next month, and past December into "
+        "January of the next year."),
+)]
+
+_HEADER = re.compile(
+    r"^[ \t>#*_]*(?P<name>learning summary|summary of learning|supplementary knowledge)[ \t*_]*(?::[ \t*_]*|$)",
+    re.IGNORECASE | re.MULTILINE)
+
+
+def fewshot_block(n_demos: int) -> str:
+    """The first ``n_demos`` demos, each demo.question + demo.rational + blank line."""
+    if isinstance(n_demos, bool) or not isinstance(n_demos, int) or not 0 <= n_demos <= len(DEMOS):
+        raise ConfigError(f"n_demos must be an integer in 0..{len(DEMOS)} (the project has "
+                          f"{len(DEMOS)} knowledge demo), got {n_demos!r}")
+    return "".join(d.question + d.rational + "\n\n" for d in DEMOS[:n_demos])
+
+
+def knowledge_prompt(record: dict, n_demos: int = 1) -> str:
+    """The knowledge-generation prompt for one record (question + gold answer)."""
+    head = " ".join([ROLE, prefix_prompt(record), INSTRUCTION, record["task_description"], CONCISION])
+    return f"{head}\n\n{fewshot_block(n_demos)}Question: {record['question']}\nAnswer: {record['answer']}\n\n"
+
+
+def knowledge_requests(records: list[dict], n_demos: int = 1, temperature: float = 0.8,
+                       max_tokens: int = 768, sample_index: int = 0) -> list[TeacherRequest]:
+    """One ``TeacherRequest(kind="knowledge")`` per record, in order."""
+    return [TeacherRequest(prompt=knowledge_prompt(r, n_demos), kind="knowledge", system=DEFAULT_SYSTEM,
+                           temperature=temperature, max_tokens=max_tokens, sample_index=sample_index,
+                           uid=r["uid"], record=r,
+                           extra={"prompt_version": KNOWLEDGE_PROMPT_VERSION, "n_demos": n_demos})
+            for r in records]
+
+
+def parse_knowledge(text: str | None) -> tuple[str | None, str | None]:
+    """(normalised knowledge, None) for a valid reply, else (None, reason).
+
+    Valid = a learning-summary header followed by a non-empty section, then a supplementary-knowledge
+    header followed by a non-empty section. Text before the first header (a chatty preamble) is cut.
+    """
+    if not text or not text.strip():
+        return None, "empty reply"
+    heads = list(_HEADER.finditer(text))
+    summ = next((m for m in heads if "learning" in m["name"].lower()), None)
+    know = next((m for m in heads if m["name"].lower() == "supplementary knowledge"
+                 and (summ is None or m.start() > summ.start())), None)
+    if summ is None:
+        return None, f"no '{SUMMARY_HEADER}' header"
+    if know is None:
+        return None, f"no '{KNOWLEDGE_HEADER}' header after '{SUMMARY_HEADER}'"
+    summary = text[summ.end():know.start()].strip()
+    extra = text[know.end():].strip()
+    if not summary:
+        return None, f"empty '{SUMMARY_HEADER}' section"
+    if not extra:
+        return None, f"empty '{KNOWLEDGE_HEADER}' section"
+    return f"{SUMMARY_HEADER}\n{summary}\n\n{KNOWLEDGE_HEADER}\n{extra}", None
+
+
+def generate_knowledge(records: list[dict], teacher: Teacher, max_attempts: int = 3, n_demos: int = 1,
+                       temperature: float = 0.8, max_tokens: int = 768) -> tuple[dict[str, str], list[dict]]:
+    """Ask ``teacher`` for every record's knowledge; retry invalid replies up to ``max_attempts``.
+
+    Returns (knowledge_by_uid, failures). Each failure is {"uid", "attempts", "reasons"} with one
+    reason per attempt; attempt a uses ``sample_index=a``.
+    """
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+        raise ConfigError(f"max_attempts must be an integer >= 1, got {max_attempts!r}")
+    seen = set()
+    for r in records:
+        if r["uid"] in seen:
+            raise ConfigError(f"records contain uid {r['uid']!r} twice")
+        seen.add(r["uid"])
+    knowledge: dict[str, str] = {}
+    reasons: dict[str, list[str]] = {r["uid"]: [] for r in records}
+    pending = list(records)
+    for attempt in range(max_attempts):
+        if not pending:
+            break
+        reqs = knowledge_requests(pending, n_demos, temperature, max_tokens, sample_index=attempt)
+        replies = teacher.complete(reqs)
+        if len(replies) != len(reqs):
+            raise ConfigError(f"teacher {getattr(teacher, 'name', teacher)!r} returned {len(replies)} "
+                              f"replies for {len(reqs)} requests")
+        still = []
+        for r, rep in zip(pending, replies):
+            if not rep.ok or rep.text is None:
+                reasons[r["uid"]].append(f"teacher error: {rep.error or 'no text'}")
+                still.append(r)
+                continue
+            text, why = parse_knowledge(rep.text)
+            if text is None:
+                reasons[r["uid"]].append(why)
+                still.append(r)
+            else:
+                knowledge[r["uid"]] = text
+        pending = still
+    failures = [{"uid": r["uid"], "attempts": len(reasons[r["uid"]]), "reasons": reasons[r["uid"]]}
+                for r in pending]
+    return knowledge, failures

@@ -1,0 +1,562 @@
+"""LoRA SFT engine for every student (method.md §2.2, §2.3, D10, D11, D17, D18).
+
+Runs on ``transformers.Trainer`` (trl's SFTTrainer breaks on CPU torch, stack.md gotcha 2):
+response-only token cross-entropy, the multi-task weighted loss, seeded data order, resumable
+checkpoints, and the unsloth or transformers+peft backend.
+
+    from nesylib.train import pick_backend  # importing nesylib.train does not import transformers
+    backend = pick_backend()  # first cell: unsloth must patch transformers before anyone imports it
+    from nesylib.formats import examples_for
+    from nesylib.train import TrainConfig, train_lora, merge_adapter
+    res = train_lora("smollm2-135m", examples_for("std", recs), TrainConfig(epochs=2), "runs/x/std")
+    merged = merge_adapter("smollm2-135m", res.adapter_dir, "runs/x/std/merged")
+
+Staged training (SKIntern, D17): pass a list of ``Stage``s instead of Examples. One adapter, one
+optimizer and one cosine schedule (with warmup) span all stages; stage t's examples (rendered by
+the caller for stage t) are used for exactly its ``steps`` optimizer steps:
+
+    total = steps_for(len(train_records), 10, cfg)          # the Std-CoT 10-epoch budget
+    stages = [Stage(examples_t, steps=n, name=f"t{t}") for t, n in enumerate(split_steps(total, 7))]
+    train_lora("smollm2-135m", stages, cfg, out_dir)
+
+``init_adapter=`` starts from a saved adapter instead (a fresh optimizer and schedule).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import inspect
+import json
+import math
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from nesylib.errors import ConfigError, ModelError
+from nesylib.prompts import Example
+from nesylib.sft_data import (ItemCollator, ItemDataset, StreamSampler, TruncationStats, encode_items,
+                              item_order)
+
+ENGINE_VERSION = "e1"  # bump when a change alters what a run with the same inputs produces
+BACKENDS = ("auto", "hf", "unsloth")
+_RESULT_FILE = "train_result.json"
+_RUN_FILE = "run.json"
+_NOT_IN_FINGERPRINT = ("save_steps", "logging_steps")  # bookkeeping only: may change across a resume
+
+
+@dataclass
+class TrainConfig:
+    """Fine-tuning hyper-parameters; defaults are the authors' recipe (§2.2) at global batch 32 (D10).
+
+    ``per_device_batch`` counts items: an MT item brings its rationale and its answer sequence.
+    ``max_steps`` (optimizer steps) overrides ``epochs``. Every step sees a full global batch; the
+    last one is filled from the next shuffled pass.
+    """
+    lora_r: int = 32
+    lora_alpha: int = 64
+    lora_dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+    lr: float = 2e-4
+    epochs: float = 10.0
+    max_steps: int | None = None
+    per_device_batch: int = 16
+    grad_accum: int = 2
+    warmup_ratio: float = 0.1
+    scheduler: str = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    cutoff_len: int = 2048
+    seed: int = 42
+    bf16_autocast: bool = True          # CPU: 1.45x faster training (calibration.md); GPU: bf16 compute
+    model_dtype: str = "auto"           # base weights: bfloat16 on CUDA, float32 on CPU (D10)
+    group_weights: dict = field(default_factory=lambda: {"main": 1.0, "rationale": 0.7, "answer": 0.3})
+    save_steps: int = 100
+    logging_steps: int = 10
+    backend: str = "auto"
+    group_by_length: bool = False
+    add_bos: bool = False               # D11: no BOS by default, as the authors' template
+    gradient_checkpointing: bool = False
+
+    @property
+    def global_batch(self) -> int:
+        return self.per_device_batch * self.grad_accum
+
+    def validate(self) -> "TrainConfig":
+        def need(ok: bool, name: str, rule: str):
+            if not ok:
+                raise ConfigError(f"TrainConfig.{name}={getattr(self, name)!r}: {rule}")
+        for name in ("lora_r", "lora_alpha", "per_device_batch", "grad_accum", "cutoff_len", "save_steps",
+                     "logging_steps"):
+            need(isinstance(getattr(self, name), int) and getattr(self, name) > 0, name, "must be a positive int")
+        need(0.0 <= self.lora_dropout < 1.0, "lora_dropout", "must be in [0, 1)")
+        need(self.lr > 0, "lr", "must be > 0")
+        need(self.max_steps is not None or self.epochs > 0, "epochs", "must be > 0 (or set max_steps)")
+        need(self.max_steps is None or (isinstance(self.max_steps, int) and self.max_steps > 0), "max_steps",
+             "must be None or a positive int")
+        need(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio", "must be in [0, 1)")
+        need(self.backend in BACKENDS, "backend", f"must be one of {BACKENDS}")
+        need(self.model_dtype in ("auto", "float32", "bfloat16", "float16"), "model_dtype",
+             "must be auto, float32, bfloat16 or float16")
+        need(isinstance(self.group_weights, dict) and all(w >= 0 for w in self.group_weights.values()),
+             "group_weights", "must map group names to weights >= 0")
+        return self
+
+
+@dataclass
+class Stage:
+    """One curriculum stage: its examples are trained on for exactly ``steps`` optimizer steps."""
+    examples: list[Example]
+    steps: int
+    name: str = ""
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path
+    metrics: dict
+    cached: bool = False  # True when a finished run with identical inputs was found in out_dir
+
+
+def steps_for(n_items: int, epochs: float, config: TrainConfig) -> int:
+    """Optimizer steps that cover ``epochs`` passes over ``n_items`` items at the global batch."""
+    return max(1, math.ceil(n_items * epochs / config.global_batch))
+
+
+def split_steps(total: int, n_stages: int) -> list[int]:
+    """D17: an even split of ``total`` steps over the stages, the remainder to the last stage."""
+    if n_stages < 1 or total < n_stages:
+        raise ConfigError(f"cannot split {total} steps over n_stages={n_stages} (each stage needs >= 1 step)")
+    base = total // n_stages
+    return [base] * (n_stages - 1) + [total - base * (n_stages - 1)]
+
+
+# ------------------------------------------------------------------------------------ backends
+_BACKEND_CHOICE: dict[str, str] = {}
+
+
+def pick_backend(requested: str = "auto") -> str:
+    """'unsloth' when CUDA, the package and its import all work, else 'hf' (transformers + peft).
+
+    Call it at the top of a notebook, before anything imports transformers: unsloth must patch
+    transformers and peft at import time. ``requested='unsloth'`` raises if it cannot be used.
+    """
+    if requested not in BACKENDS:
+        raise ConfigError(f"backend={requested!r}: must be one of {BACKENDS}")
+    if requested == "hf":
+        return "hf"
+    if "unsloth" not in _BACKEND_CHOICE:
+        reason = None
+        if not torch.cuda.is_available():
+            reason = "no CUDA device"
+        elif importlib.util.find_spec("unsloth") is None:
+            reason = "the unsloth package is not installed (pip install 'nesylib[gpu]')"
+        else:
+            try:
+                import unsloth  # noqa: F401  (NotImplementedError without a GPU, not ImportError)
+            except Exception as e:  # noqa: BLE001
+                reason = f"import unsloth failed: {e!r}"
+        _BACKEND_CHOICE["unsloth"] = reason or ""
+    reason = _BACKEND_CHOICE["unsloth"]
+    if not reason:
+        return "unsloth"
+    if requested == "unsloth":
+        raise ModelError(f"backend='unsloth' was requested but cannot be used: {reason}")
+    if torch.cuda.is_available():
+        warnings.warn(f"unsloth unavailable ({reason}); training with transformers+peft")
+    return "hf"
+
+
+def _dtype(config: TrainConfig, cuda: bool) -> torch.dtype:
+    if config.model_dtype == "auto":
+        return torch.bfloat16 if cuda else torch.float32
+    return getattr(torch, config.model_dtype)
+
+
+def _linear_names(model) -> list[str]:
+    """Leaf names of the Linear layers except the output head: 'all-linear' spelled out for unsloth."""
+    return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                   if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head")})
+
+
+def _load_trainable(path: str, config: TrainConfig, backend: str, init_adapter: str | None):
+    """(peft model, tokenizer) with fresh seeded LoRA weights or the weights of ``init_adapter``."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+
+    set_seed(config.seed)  # LoRA A matrices are random: seed them
+    cuda = torch.cuda.is_available()
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel
+
+        model, tok = FastLanguageModel.from_pretrained(model_name=path, max_seq_length=config.cutoff_len,
+                                                       dtype=_dtype(config, cuda), load_in_4bit=False)
+        if init_adapter is None:
+            targets = (_linear_names(model) if config.target_modules == "all-linear"
+                       else list(config.target_modules))
+            model = FastLanguageModel.get_peft_model(
+                model, r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                target_modules=targets, bias="none", random_state=config.seed,
+                use_gradient_checkpointing="unsloth" if config.gradient_checkpointing else False)
+    else:
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(config, cuda))
+        if init_adapter is None:
+            lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                              target_modules=config.target_modules, bias="none", task_type="CAUSAL_LM")
+            model = get_peft_model(model, lora)  # LoRA weights stay fp32 over bf16 bases (D10)
+    if init_adapter is not None:
+        model = PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    model.config.use_cache = False
+    return model, tok
+
+
+# ------------------------------------------------------------------------------------ the loss
+def group_weighted_ce(logits: torch.Tensor, targets: torch.Tensor, group_ids: torch.Tensor,
+                      weights: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """D18 loss: sum over groups g in the batch of weights[g] * (token-mean CE over g's tokens).
+
+    ``logits[b, k]`` predicts ``targets[b, k]`` (-100 = no loss); ``group_ids[b]`` is sequence b's
+    group. Returns the loss and each group's token-mean CE.
+    """
+    ce = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
+                                           ignore_index=-100, reduction="none").view_as(targets)
+    valid = targets != -100
+    loss = logits.new_zeros((), dtype=torch.float32)
+    parts = {}
+    for g in group_ids.unique().tolist():
+        m = valid & (group_ids == g)[:, None]
+        parts[g] = ce[m].sum() / m.sum().clamp(min=1)
+        loss = loss + weights[g] * parts[g]
+    return loss, parts
+
+
+def _trainer_class():
+    from transformers import Trainer
+
+    class GroupWeightedTrainer(Trainer):
+        """Trainer whose loss is ``group_weighted_ce`` over response tokens only."""
+
+        def setup(self, sampler, names: list[str], weights: list[float], slice_logits: bool):
+            self.stream_sampler = sampler
+            self.group_names = names
+            self.group_weights = torch.tensor(weights, dtype=torch.float32)
+            self.slice_logits = slice_logits
+            self.model_accepts_loss_kwargs = False  # our loss is a per-micro-batch mean: Trainer divides by GA
+            self.tokens_processed = 0  # non-pad tokens trained on in this process (a device tensor once used)
+            self._part_sum: dict[int, float] = {}
+            self._part_n: dict[int, int] = {}
+
+        def _get_train_sampler(self, train_dataset=None):
+            return self.stream_sampler  # the run's fixed item order (exact resume, stage boundaries)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels, groups = inputs.pop("labels"), inputs.pop("group_ids")
+            targets = labels[:, 1:]
+            kwargs = {}
+            if self.slice_logits:
+                # logits only over the columns that carry a target: the vocabulary projection and
+                # softmax are a large share of a small model's step, and prompt columns need neither
+                cols = (targets != -100).any(0).nonzero().squeeze(1)
+                first, last = int(cols[0]), int(cols[-1]) + 1
+                kwargs["logits_to_keep"] = torch.arange(first, last, device=labels.device)
+                targets = targets[:, first:last]
+            outputs = model(**inputs, **kwargs)
+            logits = outputs.logits if self.slice_logits else outputs.logits[:, :-1]
+            loss, parts = group_weighted_ce(logits, targets, groups, self.group_weights.to(logits.device))
+            if model.training:
+                self.tokens_processed = self.tokens_processed + inputs["attention_mask"].sum()  # no sync
+                for g, v in parts.items():
+                    self._part_sum[g] = self._part_sum.get(g, 0.0) + v.detach()
+                    self._part_n[g] = self._part_n.get(g, 0) + 1
+            return (loss, outputs) if return_outputs else loss
+
+        def log(self, logs, start_time=None):
+            if "loss" in logs and self._part_n and len(self.group_names) > 1:
+                for g, s in self._part_sum.items():
+                    logs[f"loss_{self.group_names[g]}"] = round(float(s) / self._part_n[g], 4)
+            if "loss" in logs:
+                self._part_sum, self._part_n = {}, {}
+            super().log(logs, start_time)
+
+    return GroupWeightedTrainer
+
+
+def _step_clock():
+    """A callback recording (wall time, tokens trained on so far) at each optimizer step's end."""
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        trainer = None  # set once the trainer exists
+
+        def __init__(self):
+            self.marks: list[tuple[float, int]] = []
+
+        def _mark(self):
+            self.marks.append((time.perf_counter(), int(self.trainer.tokens_processed)))  # syncs the device
+
+        def on_train_begin(self, args, state, control, **kw):
+            self._mark()
+
+        def on_step_end(self, args, state, control, **kw):
+            self._mark()
+
+    return StepClock()
+
+
+# ------------------------------------------------------------------------------------ the run
+def _file_sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fingerprint(model_path: str, stages: list[Stage], config: TrainConfig, init_adapter: str | None) -> str:
+    cfg = {k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_IN_FINGERPRINT}
+    init = None
+    if init_adapter:
+        w = Path(init_adapter) / "adapter_model.safetensors"
+        init = _file_sha(w) if w.is_file() else str(init_adapter)
+    h = hashlib.sha256(json.dumps({"engine": ENGINE_VERSION, "model": model_path, "config": cfg, "init": init},
+                                  sort_keys=True, default=str).encode())
+    for s in stages:
+        h.update(f"\x00stage {s.steps}\x00".encode())
+        for e in s.examples:
+            h.update(json.dumps([e.prompt, e.target, e.group, e.uid]).encode())
+    return h.hexdigest()[:16]
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def _checkpoints(out_dir: Path) -> list[Path]:
+    return sorted((p for p in out_dir.glob("checkpoint-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[-1]))
+
+
+def _as_stages(examples) -> list[Stage]:
+    if not examples:
+        raise ConfigError("train_lora: `examples` is empty")
+    if all(isinstance(s, Stage) for s in examples):
+        for i, s in enumerate(examples):
+            if not s.examples or not isinstance(s.steps, int) or s.steps < 1:
+                raise ConfigError(f"stages[{i}] ({s.name!r}): needs examples and steps >= 1")
+        return list(examples)
+    if not all(isinstance(e, Example) for e in examples):
+        raise ConfigError("train_lora: `examples` must be a list of prompts.Example or a list of train.Stage")
+    return [Stage(list(examples), steps=0, name="main")]  # 0: from max_steps or epochs once items are paired
+
+
+def _prepare_out_dir(out_dir: Path, fp: str, resume: bool, meta: dict) -> tuple[TrainResult | None, Path | None]:
+    """(a finished identical run to return, or None; the checkpoint to resume from, or None)."""
+    done, run_file = out_dir / _RESULT_FILE, out_dir / _RUN_FILE
+    if resume and done.is_file():
+        prev = json.loads(done.read_text())
+        if prev.get("fingerprint") == fp and (out_dir / "adapter").is_dir():
+            return TrainResult(out_dir / "adapter", prev, cached=True), None
+    ckpts = _checkpoints(out_dir)
+    last = ckpts[-1] if (resume and ckpts) else None
+    if last is not None:
+        prev_fp = json.loads(run_file.read_text()).get("fingerprint") if run_file.is_file() else None
+        if prev_fp != fp:
+            raise ConfigError(f"{out_dir} holds checkpoints of a run with different inputs (fingerprint {prev_fp} "
+                              f"!= {fp}); delete it, pass resume=False, or choose another out_dir")
+    else:
+        for p in ckpts:
+            shutil.rmtree(p)
+    done.unlink(missing_ok=True)
+    _write_json(run_file, {"fingerprint": fp, **meta})
+    return None, last
+
+
+def _build_stream(tok, stages: list[Stage], groups: list[str], config: TrainConfig):
+    """All stages' items in one dataset, the run's item order over it, per-stage info, truncation."""
+    all_items, order, info = [], [], []
+    trunc = TruncationStats()
+    for si, st in enumerate(stages):
+        items, stats = encode_items(tok, st.examples, groups, config.cutoff_len, config.add_bos)
+        for k in ("sequences", "target_truncated", "prompt_truncated"):
+            setattr(trunc, k, getattr(trunc, k) + getattr(stats, k))
+        steps = st.steps or (config.max_steps or steps_for(len(items), config.epochs, config))
+        lengths = [sum(len(s.input_ids) for s in it) for it in items] if config.group_by_length else None
+        local = item_order(len(items), steps * config.global_batch, config.seed, si, lengths, config.per_device_batch)
+        order += [len(all_items) + j for j in local]
+        all_items += items
+        info.append({"name": st.name, "steps": steps, "items": len(items), "sequences": stats.sequences})
+    return all_items, order, info, trunc
+
+
+def _training_args(config: TrainConfig, out_dir: Path, total_steps: int, backend: str, cuda: bool, bf16: bool):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(out_dir), per_device_train_batch_size=config.per_device_batch,
+        gradient_accumulation_steps=config.grad_accum, learning_rate=config.lr, max_steps=total_steps,
+        lr_scheduler_type=config.scheduler, warmup_steps=math.ceil(config.warmup_ratio * total_steps),
+        weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm, optim="adamw_torch",
+        logging_steps=config.logging_steps, logging_first_step=True, save_strategy="steps",
+        save_steps=config.save_steps, save_total_limit=1, seed=config.seed, data_seed=config.seed,
+        bf16=bf16, use_cpu=not cuda, report_to="none", remove_unused_columns=False,
+        dataloader_num_workers=0, dataloader_pin_memory=cuda,
+        gradient_checkpointing=config.gradient_checkpointing and backend == "hf",
+        gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+    )
+
+
+def train_lora(model_name_or_path: str, examples: list[Example] | list[Stage], config: TrainConfig,
+               out_dir: str | Path, resume: bool = True, init_adapter: str | Path | None = None,
+               callbacks: list | None = None, keep_checkpoints: bool = False) -> TrainResult:
+    """Train a LoRA adapter and save it to ``out_dir/adapter`` (with the tokenizer).
+
+    ``examples``: Examples (one stage of ``config.max_steps`` or ``config.epochs``) or Stages.
+    resume=True: a finished run with identical inputs in ``out_dir`` is returned as is; an
+    interrupted one continues from its last checkpoint (same data order, optimizer, schedule and
+    RNG, so it ends with the adapter an uninterrupted run gives). resume=False starts afresh.
+    ``callbacks`` are extra ``transformers.TrainerCallback``s. Checkpoints are deleted at the end
+    unless ``keep_checkpoints``.
+    """
+    from nesylib.models import resolve_model
+
+    config.validate()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stages = _as_stages(examples)
+    backend = pick_backend(config.backend)  # before anything below imports transformers
+    model_path = resolve_model(str(model_name_or_path))
+    groups = sorted({e.group for s in stages for e in s.examples})
+    unknown = [g for g in groups if g not in config.group_weights]
+    if unknown:
+        raise ConfigError(f"TrainConfig.group_weights={config.group_weights} has no weight for group(s) {unknown}")
+    init = str(init_adapter) if init_adapter else None
+    fp = _fingerprint(model_path, stages, config, init)
+    cached, last = _prepare_out_dir(out_dir, fp, resume, {"model": model_path, "init_adapter": init,
+                                                          "config": dataclasses.asdict(config)})
+    if cached is not None:
+        return cached
+
+    model, tok = _load_trainable(model_path, config, backend, init)
+    all_items, order, stage_info, trunc = _build_stream(tok, stages, groups, config)
+    total_steps = sum(s["steps"] for s in stage_info)
+    cuda = torch.cuda.is_available()
+    bf16 = bool(config.bf16_autocast) and (not cuda or torch.cuda.is_bf16_supported())
+    clock = _step_clock()
+    trainer = _trainer_class()(model=model, args=_training_args(config, out_dir, total_steps, backend, cuda, bf16),
+                               train_dataset=ItemDataset(all_items), processing_class=tok,
+                               data_collator=ItemCollator(tok.pad_token_id, 8 if cuda else None),
+                               callbacks=[clock] + list(callbacks or []))
+    clock.trainer = trainer
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    slice_ok = backend == "hf" and "logits_to_keep" in inspect.signature(base.forward).parameters
+    trainer.setup(StreamSampler(order), groups, [float(config.group_weights[g]) for g in groups], slice_ok)
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(last) if last else None)
+    seconds = time.perf_counter() - t0
+
+    adapter, tmp = out_dir / "adapter", out_dir / "adapter.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(adapter, ignore_errors=True)
+    os.replace(tmp, adapter)
+
+    hist, marks = trainer.state.log_history, clock.marks
+    processed = int(trainer.tokens_processed)
+    # steady state: from the end of this process's first step (warm-up, allocation) to the last
+    span = (marks[-1][0] - marks[1][0]) if len(marks) > 2 else 0.0
+    metrics = {
+        "fingerprint": fp, "engine": ENGINE_VERSION, "backend": backend, "model": model_path,
+        "device": "cuda" if cuda else "cpu", "bf16_autocast": bf16, "steps": total_steps,
+        "global_batch": config.global_batch, "warmup_steps": math.ceil(config.warmup_ratio * total_steps),
+        "stages": stage_info, "stage_ends": [sum(s["steps"] for s in stage_info[:i + 1]) for i in range(len(stages))],
+        "groups": groups, "truncation": trunc.as_dict(),
+        "loss_curve": [[h["step"], h["loss"]] for h in hist if "loss" in h],
+        "lr_curve": [[h["step"], h["learning_rate"]] for h in hist if "learning_rate" in h],
+        "group_loss_curves": {g: [[h["step"], h[f"loss_{g}"]] for h in hist if f"loss_{g}" in h]
+                              for g in groups if len(groups) > 1},
+        "tokens_seen": sum(sum(len(s.input_ids) for s in all_items[j]) for j in order),
+        "target_tokens_seen": sum(sum(s.n_target for s in all_items[j]) for j in order),
+        "resumed_from_step": int(last.name.split("-")[-1]) if last else None,
+        "tokens_processed_this_process": processed, "seconds": round(seconds, 2),
+        "tokens_per_s": round(processed / seconds, 1) if seconds > 0 else None,
+        "tokens_per_s_steady": round((marks[-1][1] - marks[1][1]) / span, 1) if span > 0 else None,
+        "seconds_per_step_steady": round(span / (len(marks) - 2), 3) if span > 0 else None,
+        "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+    }
+    metrics["final_loss"] = metrics["loss_curve"][-1][1] if metrics["loss_curve"] else None
+    _write_json(out_dir / _RESULT_FILE, metrics)
+    if not keep_checkpoints:
+        for p in _checkpoints(out_dir):
+            shutil.rmtree(p)
+    return TrainResult(adapter, metrics)
+
+
+# ------------------------------------------------------------------------------------ after training
+def _tokenizer_dir(base_path: str, adapter_dir: Path) -> str:
+    return str(adapter_dir) if (adapter_dir / "tokenizer_config.json").is_file() else base_path
+
+
+def merge_adapter(base: str, adapter_dir: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:
+    """Merge a LoRA adapter into its base model and save a plain transformers folder (D20)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from nesylib.models import resolve_model
+
+    adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise ModelError(f"{adapter_dir}: no adapter_config.json (not a saved LoRA adapter)")
+    base_path = resolve_model(str(base))
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, dtype))
+    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    tok = AutoTokenizer.from_pretrained(_tokenizer_dir(base_path, adapter_dir))
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)  # a killed merge never leaves a half folder behind
+    return out_dir
+
+
+def load_student(base: str, adapter_dir: str | Path | None = None, merged: bool = True,
+                 dtype: str = "float32", device: str | None = None):
+    """(model, tokenizer) for evaluation: eval mode, left padding.
+
+    Without ``adapter_dir`` it is the base model (or a merged folder passed as ``base``). With one,
+    the adapter is merged in memory (``merged=True``, plain fast model) or kept as a PeftModel.
+    """
+    from nesylib.models import load_model, resolve_model
+
+    if adapter_dir is None:
+        return load_model(str(base), dtype=dtype, device=device)
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter_dir = Path(adapter_dir)
+    base_path = resolve_model(str(base))
+    tok = AutoTokenizer.from_pretrained(_tokenizer_dir(base_path, adapter_dir))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, dtype))
+    model = PeftModel.from_pretrained(model, str(adapter_dir))
+    if merged:
+        model = model.merge_and_unload()
+    if device:
+        model.to(device)
+    model.eval()
+    return model, tok

@@ -1,0 +1,133 @@
+"""SKIntern knowledge generation (§4.2, D15): prompt structure, reply parsing, retries and failures."""
+import pytest
+
+from nesylib.data import load_bbh, load_gsm8k
+from nesylib.errors import ConfigError
+from nesylib.knowledge import (CONCISION, DEMOS, INSTRUCTION, KNOWLEDGE_PROMPT_VERSION, ROLE, fewshot_block,
+                               generate_knowledge, knowledge_prompt, knowledge_requests, parse_knowledge)
+from nesylib.prompts import prefix_prompt
+from nesylib.teacher.base import Teacher, TeacherReply
+
+GOOD = ("Learning Summary:\n1. Follow each step.\n2. Check the result.\n\n"
+        "Supplementary Knowledge:\n1. A fact.\n2. Another fact.")
+
+
+class ScriptedTeacher:
+    """Answers each request with script(request) and remembers every request it saw."""
+
+    name = "scripted"
+
+    def __init__(self, script):
+        self.script, self.seen = script, []
+
+    def complete(self, requests):
+        self.seen.extend(requests)
+        return [self.script(r) for r in requests]
+
+
+@pytest.fixture(scope="module")
+def records(data_dir):
+    return load_bbh("train", tasks=["date_understanding", "navigate"])[:3] + load_gsm8k("train")[:1]
+
+
+def test_prompt_structure(records):
+    rec = records[0]
+    p = knowledge_prompt(rec, n_demos=1)
+    head = f"{ROLE} {prefix_prompt(rec)} {INSTRUCTION} {rec['task_description']} {CONCISION}\n\n"
+    demo = DEMOS[0].question + DEMOS[0].rational + "\n\n"
+    assert p == head + demo + f"Question: {rec['question']}\nAnswer: {rec['answer']}\n\n"
+    assert p.count("Learning Summary:") == 1 and p.count("Supplementary Knowledge:") == 1  # the demo's
+    assert knowledge_prompt(rec, n_demos=0) == head + f"Question: {rec['question']}\nAnswer: {rec['answer']}\n\n"
+    gsm = knowledge_prompt(records[-1], n_demos=0)
+    assert "math questions about gsm8k" in gsm and gsm.endswith(f"Answer: {records[-1]['answer']}\n\n")
+    with pytest.raises(ConfigError, match="n_demos"):
+        knowledge_prompt(rec, n_demos=2)
+
+
+def test_demo_shape():
+    d = DEMOS[0]
+    assert d.question.startswith("Question: ") and d.question.endswith("\nAnswer: (C).\n\n")
+    assert d.rational.startswith("Learning Summary:\n1. ")
+    summary, knowledge = d.rational.split("\n\nSupplementary Knowledge:\n")
+    assert len(summary.splitlines()) - 1 >= 4 and len(knowledge.splitlines()) >= 4
+    assert 150 <= len(d.rational.split()) <= 250
+    assert parse_knowledge(d.rational) == (d.rational, None)  # the demo passes our own validator
+    assert fewshot_block(0) == ""
+
+
+def test_requests(records):
+    reqs = knowledge_requests(records, n_demos=1, temperature=0.8, sample_index=2)
+    assert len(reqs) == len(records)
+    for r, q in zip(records, reqs):
+        assert q.kind == "knowledge" and q.temperature == 0.8 and q.sample_index == 2
+        assert q.uid == r["uid"] and q.record is r and q.prompt == knowledge_prompt(r, 1)
+        assert q.system == "You are a helpful assistant."
+        assert q.extra["prompt_version"] == KNOWLEDGE_PROMPT_VERSION
+
+
+@pytest.mark.parametrize("reply,expect", [
+    (GOOD, GOOD),
+    ("Sure! Here is what I wrote.\n\n" + GOOD, GOOD),
+    (GOOD.replace("Learning Summary:", "Summary of Learning:"), GOOD),
+    (GOOD.replace("Learning Summary:", "**Learning Summary:**").replace("Supplementary Knowledge:",
+                                                                          "### Supplementary Knowledge"), GOOD),
+    ("learning summary:\n1. Follow each step.\n2. Check the result.\nSUPPLEMENTARY KNOWLEDGE:\n1. A fact.\n"
+     "2. Another fact.", GOOD),
+])
+def test_parse_normalises_headers(reply, expect):
+    assert parse_knowledge(reply) == (expect, None)
+
+
+@pytest.mark.parametrize("reply,why", [
+    (None, "empty"), ("   ", "empty"),
+    ("1. Follow each step.\n\nSupplementary Knowledge:\n1. A fact.", "no 'Learning Summary:'"),
+    ("Learning Summary:\n1. Follow each step.", "no 'Supplementary Knowledge:'"),
+    ("Supplementary Knowledge:\n1. A fact.\nLearning Summary:\n1. Step.", "no 'Supplementary Knowledge:' header after"),
+    ("Learning Summary:\n\nSupplementary Knowledge:\n1. A fact.", "empty 'Learning Summary:'"),
+    ("Learning Summary:\n1. Step.\nSupplementary Knowledge:\n", "empty 'Supplementary Knowledge:'"),
+    # a sentence that merely starts with the words is not a header
+    ("Learning Summary:\n1. Step.\nSupplementary knowledge of dates helps.", "no 'Supplementary Knowledge:'"),
+])
+def test_parse_rejects_with_a_reason(reply, why):
+    text, reason = parse_knowledge(reply)
+    assert text is None and why in reason
+
+
+def test_generate_retries_with_new_sample_index_and_reports_failures(records):
+    bad_uid, err_uid = records[1]["uid"], records[2]["uid"]
+
+    def script(req):
+        if req.uid == err_uid:
+            return TeacherReply(text=None, ok=False, error="HTTP 500")
+        if req.uid == bad_uid:
+            return TeacherReply(text="Learning Summary:\n1. Only half the answer.")
+        # everyone else fails the first attempt, then succeeds
+        return TeacherReply(text=GOOD.replace("Learning Summary:", "Summary of Learning:") if req.sample_index
+                            else "I cannot help with that.")
+
+    teacher = ScriptedTeacher(script)
+    assert isinstance(teacher, Teacher)
+    knowledge, failures = generate_knowledge(records, teacher, max_attempts=3)
+    ok_uids = {r["uid"] for r in records} - {bad_uid, err_uid}
+    assert set(knowledge) == ok_uids and all(v == GOOD for v in knowledge.values())
+    assert sorted(f["uid"] for f in failures) == sorted([bad_uid, err_uid])
+    by_uid = {f["uid"]: f for f in failures}
+    assert by_uid[bad_uid]["attempts"] == 3 and all("Supplementary" in r for r in by_uid[bad_uid]["reasons"])
+    assert by_uid[err_uid]["reasons"] == ["teacher error: HTTP 500"] * 3
+    # attempt a asks again only for the pending items, with sample_index = a
+    idx = [(q.uid, q.sample_index) for q in teacher.seen]
+    assert idx.count((bad_uid, 2)) == 1 and all((u, 1) in idx for u in ok_uids)
+    assert not any(u in ok_uids and s == 2 for u, s in idx)
+    assert len(teacher.seen) == len(records) + len(records) + 2
+
+
+def test_generate_rejects_bad_input(records):
+    t = ScriptedTeacher(lambda r: TeacherReply(text=GOOD))
+    with pytest.raises(ConfigError, match="max_attempts"):
+        generate_knowledge(records, t, max_attempts=0)
+    with pytest.raises(ConfigError, match="twice"):
+        generate_knowledge(records + records[:1], t)
+    short = ScriptedTeacher(lambda r: TeacherReply(text=GOOD))
+    short.complete = lambda reqs: []
+    with pytest.raises(ConfigError, match="0 replies"):
+        generate_knowledge(records, short)
