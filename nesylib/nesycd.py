@@ -12,7 +12,7 @@ Notebook glue (02_kb_construction, 03_nesycd_training):
     evaluate_cached(...)               a student's evaluation, reused when it answered the same prompts
     demonstrations_from_eval(...)      step 2 from an evaluation of S_P on training questions
     kb_statistics(kb, errors, corrects) per-task counts for the KB report
-    retrieved_knowledge(kb, records)   step 6's inserted text per uid (gate applied)
+    retrieved_knowledge(records, kb)   step 6's inserted text per uid (gate applied)
 """
 from __future__ import annotations
 

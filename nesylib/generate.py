@@ -1,0 +1,687 @@
+"""Batched decoding for evaluation: greedy by default (D20), the authors' sampling as an option.
+
+The transformers engine is an own decode loop over a ``DynamicCache`` rather than
+``model.generate``, because on CPU evaluation time is lost to sequences that keep running while
+the rest of their batch has finished (calibration.md). The loop therefore
+
+* drops finished sequences from the batch at once (their rows leave the KV cache), and refills
+  the freed places with waiting prompts (continuous batching: the new rows are prefilled and
+  their caches merged in, left-padded);
+* prefills prompts in groups of near-equal length (longest first), because pad tokens in a
+  prefill cost full forward passes on CPU, and trims padding columns no row needs any more;
+* stops degenerate repetition early (``RepetitionRule``) and stops at the first stop string;
+* on CPU, runs grouped-query attention through sdpa's ``enable_gqa`` even with a padding mask
+  (``_sdpa_gqa_forward``): transformers would copy K/V once per query head there, which took
+  more than half of each batched step for SmolLM2.
+
+Greedy outputs equal unbatched ``model.generate(do_sample=False)`` of each prompt alone, once the
+same stop rule is applied to both (``apply_stop_rules``); tests check this on the tiny model and
+on SmolLM2, and ``benchmarks/eval_throughput.py`` checks it on real BBH items while timing both. Prompts are tokenised as in training: ``tokenizer(prompt, add_special_tokens=False)``,
+so no BOS is added (D11).
+
+Stop strings: the authors' ``</s>``, ``---`` and ```` ```output ```` (method.md §6.1), plus
+``"\\n\\nQuestion:"`` as a project addition. Every student prompt introduces the question with
+``"\\n\\nQuestion:"``, so a student that writes it is inventing the next exercise. That text can
+never be part of the answer. For non-math tasks the extractor cuts there anyway, but for math it
+would change "the last number of the whole output" (method.md §9) and it costs decoding time.
+Pass ``stop_strings=AUTHORS_STOP_STRINGS`` for the authors' set alone.
+
+An optional vLLM engine (``get_engine("vllm")``) exists for GPU machines. It is imported only
+when asked for, and it applies the same stop rules to the token ids vLLM returns.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Callable, Mapping, Sequence
+
+from nesylib.errors import ConfigError
+
+AUTHORS_STOP_STRINGS = ("</s>", "---", "```output")
+DEFAULT_STOP_STRINGS = AUTHORS_STOP_STRINGS + ("\n\nQuestion:",)
+DEFAULT_MAX_NEW_TOKENS = 1024  # D20
+STOP_REASONS = ("eos", "stop_string", "repetition", "length")
+ENGINES = ("hf", "vllm", "auto")
+# Prefill groups may hold this many tokens per real token. On CPU a 200-token prompt already
+# keeps the matrix units busy, so batching prompts gains nothing and pads cost full passes.
+PREFILL_SLACK = {"cpu": 1.0, "default": 1.25}
+
+
+@dataclass
+class GenOutput:
+    """One completion. ``text`` ends before the first stop string (or the EOS token)."""
+    text: str
+    prompt_tokens: int
+    generated_tokens: int              # tokens decoded, up to and including the one that stopped it
+    stopped_by: str                    # one of STOP_REASONS
+    token_ids: list[int] = field(default_factory=list, repr=False)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """The authors' vLLM sampling (method.md §6.1). Seeded per prompt, so a prompt's sample does
+    not depend on the batch it lands in."""
+    temperature: float = 0.6
+    top_p: float = 0.9
+    top_k: int = 50
+
+    def __post_init__(self):
+        if not self.temperature > 0:
+            raise ConfigError(f"sampling.temperature must be > 0 (sampling=None is greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ConfigError(f"sampling.top_k must be >= 0 (0 = off), got {self.top_k}")
+
+
+@dataclass(frozen=True)
+class RepetitionRule:
+    """Stop a sequence whose generated tokens end in ``repeats`` back-to-back copies of a span of
+    ``period <= max_period`` tokens, where ``repeats = max(min_repeats, ceil(min_span / period))``.
+
+    ``min_span`` keeps short periods from firing on legitimate text: SmolLM2 writes numbers digit
+    by digit, so "1000000" holds six identical tokens in a row, and "not not not" is valid in
+    boolean_expressions. A period-1 loop must cover 24 tokens and a period-20 loop needs 80 tokens
+    (4 copies), which normal rationales never contain.
+    """
+    max_period: int = 20
+    min_repeats: int = 4
+    min_span: int = 24
+
+    def __post_init__(self):
+        if self.max_period < 1 or self.min_repeats < 2 or self.min_span < 1:
+            raise ConfigError(f"RepetitionRule needs max_period >= 1, min_repeats >= 2, min_span >= 1; got {self}")
+
+    def fires(self, ids: Sequence[int]) -> bool:
+        """True if ``ids`` (generated tokens only) end in a degenerate loop."""
+        n = len(ids)
+        for p in range(1, self.max_period + 1):
+            span = p * max(self.min_repeats, math.ceil(self.min_span / p))
+            if span > n or ids[n - 1] != ids[n - 1 - p]:  # cheap test first: this runs every step
+                continue
+            tail = ids[n - span:]
+            if tail[p:] == tail[:-p]:  # periodic with period p over the whole span
+                return True
+        return False
+
+
+class StopRule:
+    """The stop rule shared by the batched loop and ``apply_stop_rules`` (post hoc), so the two
+    agree by construction. Order of checks after each token: EOS, stop string, repetition, length."""
+
+    def __init__(self, tokenizer, eos_ids, stop_strings=DEFAULT_STOP_STRINGS, max_new_tokens=DEFAULT_MAX_NEW_TOKENS,
+                 repetition: RepetitionRule | None = RepetitionRule()):
+        if isinstance(stop_strings, str):
+            raise ConfigError("stop_strings must be a sequence of strings, not one string")
+        if any(not s for s in stop_strings):
+            raise ConfigError(f"stop_strings may not contain an empty string: {list(stop_strings)!r}")
+        if int(max_new_tokens) < 1:
+            raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        self.tokenizer = tokenizer
+        self.eos_ids = frozenset(int(e) for e in eos_ids)
+        self.stop_strings = tuple(stop_strings)
+        self.max_new_tokens = int(max_new_tokens)
+        self.repetition = repetition
+        self._longest = max((len(s) for s in self.stop_strings), default=0)
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def new_state(self, max_new_tokens: int | None = None) -> "_SeqState":
+        cap = self.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
+        if cap < 1:
+            raise ConfigError(f"max_new_tokens must be >= 1, got {cap}")
+        return _SeqState(cap=cap)
+
+    def push(self, st: "_SeqState", tok: int) -> str | None:
+        """Append one generated token; return the stop reason if the sequence is now finished."""
+        st.ids.append(tok)
+        if tok in self.eos_ids:
+            st.text = self.decode(st.ids[:-1])
+            return self._finish(st, "eos")
+        if self.stop_strings:
+            text = self.decode(st.ids)
+            # the stop string must end in the new token, so only the tail needs scanning; a few
+            # extra characters cover a multi-byte character completed by this token
+            start = max(0, st.scanned - self._longest - 4)
+            hits = [i for i in (text.find(s, start) for s in self.stop_strings) if i >= 0]
+            st.scanned = len(text)
+            if hits:
+                st.text = text[:min(hits)]
+                return self._finish(st, "stop_string")
+        if self.repetition is not None and self.repetition.fires(st.ids):
+            return self._finish(st, "repetition")
+        if len(st.ids) >= st.cap:
+            return self._finish(st, "length")
+        return None
+
+    def _finish(self, st: "_SeqState", reason: str) -> str:
+        st.reason = reason
+        if st.text is None:
+            st.text = self.decode(st.ids)
+        return reason
+
+    def output(self, st: "_SeqState", prompt_tokens: int) -> GenOutput:
+        if st.reason is None:  # ran out of tokens without any rule firing (post hoc on a short list)
+            self._finish(st, "length")
+        return GenOutput(st.text, prompt_tokens, len(st.ids), st.reason, list(st.ids))
+
+
+@dataclass
+class _SeqState:
+    ids: list = field(default_factory=list)
+    text: str | None = None
+    reason: str | None = None
+    scanned: int = 0
+    cap: int = DEFAULT_MAX_NEW_TOKENS
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """EOS ids of the generation config (int or list) plus the tokenizer's EOS."""
+    ids = set()
+    gc = getattr(model, "generation_config", None)
+    e = getattr(gc, "eos_token_id", None)
+    for x in (e if isinstance(e, (list, tuple)) else [e]):
+        if x is not None:
+            ids.add(int(x))
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return sorted(ids)
+
+
+def apply_stop_rules(token_ids, tokenizer, *, eos_ids, prompt_tokens=0, max_new_tokens=DEFAULT_MAX_NEW_TOKENS,
+                     stop_strings=DEFAULT_STOP_STRINGS,
+                     repetition: RepetitionRule | None = RepetitionRule()) -> GenOutput:
+    """Replay the stop rule over a finished completion (e.g. from ``model.generate``): the result is
+    what the batched loop would have returned for the same tokens."""
+    rule = StopRule(tokenizer, eos_ids, stop_strings, max_new_tokens, repetition)
+    st = rule.new_state()
+    for t in token_ids:
+        if rule.push(st, int(t)) is not None:
+            break
+    return rule.output(st, prompt_tokens)
+
+
+def per_prompt_caps(max_new_tokens, n: int) -> list[int]:
+    """``max_new_tokens`` as one int per prompt (it may be one int for all, or a sequence)."""
+    if hasattr(max_new_tokens, "__index__"):  # int, numpy int
+        caps = [int(max_new_tokens)] * n
+    else:
+        caps = [int(c) for c in max_new_tokens]
+        if len(caps) != n:
+            raise ConfigError(f"max_new_tokens has {len(caps)} entries for {n} prompts")
+    bad = [c for c in caps if c < 1]
+    if bad:
+        raise ConfigError(f"max_new_tokens must be >= 1, got {bad[0]}")
+    return caps
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str], add_bos: bool = False) -> list[list[int]]:
+    """Token ids exactly as in training (nesylib.sft_data): no special tokens, BOS only when
+    ``add_bos`` (D11: the authors' template has none)."""
+    if isinstance(prompts, str):
+        raise ConfigError("prompts must be a list of strings, not one string")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str) or not p:
+            raise ConfigError(f"prompts[{i}] must be a non-empty string, got {p!r:.80}")
+    if add_bos and tokenizer.bos_token_id is None:
+        raise ConfigError("add_bos=True but the tokenizer has no bos_token")
+    bos = [tokenizer.bos_token_id] if add_bos else []
+    return [bos + tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+
+
+# --------------------------------------------------------------------------- transformers engine
+def _pick_next(logits, rows: list[int], sampling: Sampling | None, generators: dict | None) -> list[int]:
+    """Greedy argmax, or top-k/top-p sampling with one generator per original prompt."""
+    import torch
+
+    if sampling is None:
+        return logits.argmax(-1).tolist()
+    logits = logits.float() / sampling.temperature
+    if sampling.top_k and sampling.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, sampling.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if sampling.top_p < 1.0:
+        srt, idx = torch.sort(logits, dim=-1, descending=True)
+        p = srt.softmax(-1)
+        drop = p.cumsum(-1) - p >= sampling.top_p  # keep the smallest prefix whose mass reaches top_p
+        logits = logits.scatter(-1, idx, srt.masked_fill(drop, float("-inf")))
+    probs = logits.softmax(-1)
+    return [int(torch.multinomial(probs[j], 1, generator=generators[r])) for j, r in enumerate(rows)]
+
+
+_GQA_ATTN = "nesylib_sdpa_gqa"
+
+
+def _sdpa_gqa_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    """transformers' sdpa attention, but grouped-query heads go to ``enable_gqa`` even when a
+    padding mask is present. transformers copies K/V once per query head in that case (only CUDA
+    lacks a fused kernel for it); on CPU that copy took more than half of each batched decoding
+    step. The result is bit-identical (checked in tests)."""
+    import torch
+
+    is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    is_causal = bool(query.shape[2] > 1 and attention_mask is None and is_causal)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling, is_causal=is_causal,
+        enable_gqa=key.shape[1] != query.shape[1])
+    return out.transpose(1, 2).contiguous(), None
+
+
+class _gqa_attention:
+    """Context: switch a CPU model that uses "sdpa" to ``_sdpa_gqa_forward``; restore on exit."""
+
+    def __init__(self, model, enabled: bool = True):
+        self.configs = []
+        if not enabled or _device_of(model).type != "cpu":
+            return
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+        AttentionInterface.register(_GQA_ATTN, _sdpa_gqa_forward)
+        AttentionMaskInterface.register(_GQA_ATTN, sdpa_mask)
+        seen = set()
+        for mod in model.modules():
+            cfg = getattr(mod, "config", None)
+            if cfg is not None and id(cfg) not in seen and getattr(cfg, "_attn_implementation", None) == "sdpa":
+                seen.add(id(cfg))
+                self.configs.append(cfg)
+
+    def __enter__(self):
+        for cfg in self.configs:
+            cfg._attn_implementation = _GQA_ATTN
+        return self
+
+    def __exit__(self, *exc):
+        for cfg in self.configs:
+            cfg._attn_implementation = "sdpa"
+        return False
+
+
+def _device_of(model):
+    return next(model.parameters()).device
+
+
+@lru_cache(maxsize=None)
+def _grow_layer_class():
+    """A DynamicLayer that appends into a buffer with spare room instead of ``torch.cat``-ing the
+    whole cache at every step (that copy was ~7% of a batched CPU step). ``keys``/``values`` stay
+    views of the filled part, so transformers sees exactly the tensors a DynamicLayer holds."""
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowLayer(DynamicLayer):
+        room = 128  # spare positions allocated at each growth (at least half the length again)
+
+        def seat(self, kbuf, vbuf, n: int) -> None:
+            """Adopt buffers whose first ``n`` positions (dim -2) are filled."""
+            self._k, self._v, self._n = kbuf, vbuf, n
+            self.keys, self.values = kbuf[..., :n, :], vbuf[..., :n, :]
+            self.dtype, self.device, self.is_initialized = kbuf.dtype, kbuf.device, True
+
+        def _reserve(self, extra: int) -> None:
+            need = self._n + extra
+            if need <= self._k.shape[-2]:
+                return
+            shape = list(self._k.shape)
+            shape[-2] = need + max(self.room, need // 2)
+            k, v = self._k.new_empty(shape), self._v.new_empty(shape)
+            k[..., :self._n, :].copy_(self.keys)
+            v[..., :self._n, :].copy_(self.values)
+            self.seat(k, v, self._n)
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.seat(key_states.new_empty(key_states.shape[:-2] + (0,) + key_states.shape[-1:]),
+                          value_states.new_empty(value_states.shape[:-2] + (0,) + value_states.shape[-1:]), 0)
+            n = key_states.shape[-2]
+            self._reserve(n)
+            self._k[..., self._n:self._n + n, :].copy_(key_states)
+            self._v[..., self._n:self._n + n, :].copy_(value_states)
+            self.seat(self._k, self._v, self._n + n)
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices) -> None:
+            if self.is_initialized:
+                self.seat(self._k[indices], self._v[indices], self._n)
+
+        def trim_left(self, n: int) -> None:
+            """Forget the first ``n`` positions (padding every remaining row ignores)."""
+            self.seat(self._k[..., n:, :], self._v[..., n:, :], self._n - n)
+
+        def crop(self, tokens_to_remove: int) -> None:  # not used by the loop; kept consistent
+            super().crop(tokens_to_remove)
+            self.seat(self.keys, self.values, self.keys.shape[-2])
+
+    return GrowLayer
+
+
+class _Running:
+    """The sequences currently decoding: their KV cache, padding mask and next input token.
+
+    Invariant between steps: the cache holds ``mask.shape[1]`` positions per row (left padded),
+    ``last_pos`` is each row's last position id, and ``nxt`` the token to feed next.
+    """
+
+    def __init__(self, rows, cache, mask, last_pos, nxt, plain: bool):
+        self.rows, self.cache, self.mask, self.last_pos, self.nxt = rows, cache, mask, last_pos, nxt
+        self.plain = plain  # every cache layer a plain DynamicLayer: columns may be trimmed and merged
+
+    def __len__(self):
+        return len(self.rows)
+
+    def keep(self, idx: list[int]) -> None:
+        """Keep only the batch rows ``idx``; drop padding columns no remaining row needs."""
+        import torch
+
+        if len(idx) == len(self.rows):
+            return
+        sel = torch.tensor(idx, dtype=torch.long, device=self.mask.device)
+        self.cache.batch_select_indices(sel)
+        self.mask, self.last_pos = self.mask[sel], self.last_pos[sel]
+        self.rows = [self.rows[j] for j in idx]
+        self.nxt = [self.nxt[j] for j in idx]
+        lead = int(self.mask.any(0).to(torch.int8).argmax()) if len(idx) else 0
+        if lead > 0 and self.plain:
+            self.mask = self.mask[:, lead:]
+            for layer in self.cache.layers:
+                layer.trim_left(lead)
+
+
+def _merge(runs: list[_Running]) -> _Running:
+    """One batch from several (plain caches only): rows stacked, shorter caches left-padded."""
+    import torch
+
+    live = [r for r in runs if len(r)] or runs[:1]
+    if len(live) == 1:
+        return live[0]
+    width = max(r.mask.shape[1] for r in live)
+    total = sum(len(r) for r in live)
+
+    def stack(tensors, seq: int, room: int = 0):
+        shape = list(tensors[0].shape)
+        shape[0], shape[seq] = total, width + room
+        out = tensors[0].new_zeros(shape)
+        b = 0
+        for t in tensors:
+            out[b:b + t.shape[0]].narrow(seq, width - t.shape[seq], t.shape[seq]).copy_(t)
+            b += t.shape[0]
+        return out
+
+    base = live[0]
+    for i, layer in enumerate(base.cache.layers):
+        room = max(layer.room, width // 2)
+        layer.seat(stack([r.cache.layers[i].keys for r in live], -2, room),
+                   stack([r.cache.layers[i].values for r in live], -2, room), width)
+    base.mask = stack([r.mask for r in live], -1)
+    base.last_pos = torch.cat([r.last_pos for r in live])
+    base.rows = [x for r in live for x in r.rows]
+    base.nxt = [x for r in live for x in r.nxt]
+    return base
+
+
+def _pack(rows: list[int], lengths: Mapping[int, int], slack: float) -> list[list[int]]:
+    """Split rows (longest first) into prefill groups whose padding stays under ``slack``."""
+    groups: list[list[int]] = []
+    for r in rows:
+        g = groups[-1] if groups else None
+        if g and (len(g) + 1) * max(lengths[x] for x in g + [r]) <= slack * (sum(lengths[x] for x in g) + lengths[r]):
+            g.append(r)
+        else:
+            groups.append([r])
+    return groups
+
+
+class _Decoder:
+    """Continuous batching: finished rows leave at once and waiting prompts take their places."""
+
+    def __init__(self, model, rule: StopRule, encoded, caps, pad_id, batch_size, sampling, generators, on_done):
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        self.model, self.rule, self.encoded, self.caps, self.pad_id = model, rule, encoded, caps, pad_id
+        self.batch_size, self.sampling, self.generators, self.on_done = batch_size, sampling, generators, on_done
+        self.device = _device_of(model)
+        self.states = {}
+        # sliding-window (and other) cache layers cannot be trimmed or merged: static batches then
+        self.plain = all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
+        self.grow_layer = _grow_layer_class()
+
+    def _forward(self, input_ids, mask, pos, cache):
+        return self.model(input_ids=input_ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                          use_cache=True, logits_to_keep=1).logits[:, -1, :]
+
+    def _advance(self, run: _Running, logits) -> None:
+        """Choose each row's next token, apply the stop rule, drop the finished rows."""
+        toks = _pick_next(logits, run.rows, self.sampling, self.generators)
+        keep = []
+        for j, (r, tok) in enumerate(zip(run.rows, toks)):
+            if self.rule.push(self.states[r], tok) is None:
+                keep.append(j)
+            else:
+                self.on_done()
+        run.nxt = toks
+        run.keep(keep)
+
+    def prefill(self, rows: list[int]) -> _Running:
+        """Run the prompts of ``rows`` and pick their first tokens.
+
+        With plain caches the rows are prefilled in groups of (near-)equal length, since pad
+        tokens would cost full forward passes, and merged afterwards; merging is a cheap copy.
+        """
+        if not self.plain:
+            return self._prefill_group(rows)
+        lengths = {r: len(self.encoded[r]) for r in rows}
+        slack = PREFILL_SLACK.get(self.device.type, PREFILL_SLACK["default"])
+        return _merge([self._prefill_group(g) for g in _pack(rows, lengths, slack)])
+
+    def _prefill_group(self, rows: list[int]) -> _Running:
+        import torch
+        from transformers import DynamicCache
+
+        width = max(len(self.encoded[r]) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, r in enumerate(rows):
+            n = len(self.encoded[r])
+            ids[j, width - n:] = torch.tensor(self.encoded[r], dtype=torch.long)
+            mask[j, width - n:] = 1
+            self.states[r] = self.rule.new_state(self.caps[r])
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)  # as model.generate: positions count real tokens only
+        cache = DynamicCache(config=self.model.config)
+        if self.plain:
+            cache.layers = [self.grow_layer() for _ in cache.layers]
+            cache.layer_class_to_replicate = self.grow_layer if not cache.layers else None
+        logits = self._forward(ids, mask, pos, cache)
+        run = _Running(list(rows), cache, mask, pos[:, -1:], [], self.plain)
+        self._advance(run, logits)
+        return run
+
+    def step(self, run: _Running) -> None:
+        import torch
+
+        run.mask = torch.cat([run.mask, run.mask.new_ones((len(run), 1))], dim=-1)
+        run.last_pos = run.last_pos + 1
+        ids = torch.tensor(run.nxt, dtype=torch.long, device=self.device).unsqueeze(-1)
+        self._advance(run, self._forward(ids, run.mask, run.last_pos, run.cache))
+
+    def run(self, order: list[int]) -> dict:
+        pending = list(reversed(order))  # pop() from the end takes them in ``order``
+        run: _Running | None = None
+        # refill once a quarter of the batch is free: each merge copies the whole cache
+        min_refill = max(1, self.batch_size // 4)
+        while pending or (run is not None and len(run)):
+            n = len(run) if run is not None else 0
+            free = self.batch_size - n
+            if pending and (n == 0 or (self.plain and free >= min_refill)):
+                new = self.prefill([pending.pop() for _ in range(min(free, len(pending)))])
+                run = new if n == 0 else _merge([run, new])
+                continue
+            self.step(run)
+        return self.states
+
+
+def generate_batch(model, tokenizer, prompts: Sequence[str],
+                   max_new_tokens: int | Sequence[int] = DEFAULT_MAX_NEW_TOKENS, batch_size: int = 16,
+                   stop_strings: Sequence[str] = DEFAULT_STOP_STRINGS,
+                   stop_on_repetition: bool | RepetitionRule = True, sort_by_length: bool = True,
+                   progress: bool = True, sampling: Sampling | None = None, seed: int = 42,
+                   add_bos: bool = False) -> list[GenOutput]:
+    """Complete every prompt; outputs come back in the order of ``prompts``.
+
+    Greedy (``sampling=None``) results do not depend on ``batch_size`` or order; they match
+    unbatched ``model.generate`` followed by ``apply_stop_rules``. ``max_new_tokens`` is one cap
+    for all prompts or one per prompt (per-task caps). ``stop_on_repetition`` may be
+    a ``RepetitionRule`` to change its thresholds. ``sampling`` draws with one generator per
+    prompt, seeded from ``seed`` and the prompt's position, so a sample does not depend on the
+    batch it was decoded in.
+    """
+    import torch
+
+    if int(batch_size) < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if sampling is not None and not isinstance(sampling, Sampling):
+        raise ConfigError(f"sampling must be None (greedy) or a Sampling, got {type(sampling).__name__}")
+    rep = stop_on_repetition if isinstance(stop_on_repetition, RepetitionRule) else (
+        RepetitionRule() if stop_on_repetition else None)
+    encoded = encode_prompts(tokenizer, prompts, add_bos)
+    caps = per_prompt_caps(max_new_tokens, len(encoded))
+    rule = StopRule(tokenizer, eos_token_ids(model, tokenizer), stop_strings, max(caps, default=1), rep)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(rule.eos_ids, default=0)
+    order = list(range(len(encoded)))
+    if sort_by_length:  # longest first: similar lengths share a batch, and a memory blow-up shows at once
+        order.sort(key=lambda i: -len(encoded[i]))
+    generators = None
+    if sampling is not None:
+        dev = _device_of(model)
+        generators = {i: torch.Generator(device=dev).manual_seed(seed * 1_000_003 + i) for i in order}
+    bar = _progress(len(order), progress)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), _gqa_attention(model):
+            dec = _Decoder(model, rule, encoded, caps, pad_id, int(batch_size), sampling, generators, bar.update1)
+            states = dec.run(order)
+    finally:
+        bar.close()
+        model.train(was_training)
+    return [rule.output(states[i], len(encoded[i])) for i in range(len(encoded))]
+
+
+class _progress:
+    def __init__(self, total: int, enabled: bool):
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc="generate", unit="seq")
+
+    def update1(self):
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+# -------------------------------------------------------------------------------- vLLM engine
+class VLLMEngine:
+    """vLLM behind the ``generate_batch`` signature (GPU only; the authors' engine, method.md §6.1).
+
+    ``model`` may be a local folder or an in-memory transformers model: the latter (LoRA merged
+    first, D20, in place) is saved to a temporary folder and loaded by vLLM from there; it is
+    reloaded when its weights change. The same stop rule is replayed over vLLM's token ids, so
+    outputs carry the same fields and stop reasons. Pass e.g. ``gpu_memory_utilization=0.5`` when
+    the transformers model also sits on the GPU. Not exercised by the CPU test suite.
+    """
+
+    def __init__(self, **llm_kwargs):
+        if importlib.util.find_spec("vllm") is None:
+            raise ConfigError("engine 'vllm' needs the vllm package (pip install vllm); use engine='hf'")
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("engine 'vllm' needs a CUDA GPU; use engine='hf' on CPU")
+        self.llm_kwargs = llm_kwargs
+        self._llm = None
+        self._key = None
+        self._tmp = None
+
+    @staticmethod
+    def _fingerprint(model) -> tuple:
+        """Identity plus a cheap checksum of the weights: a model trained further gets reloaded."""
+        import torch
+
+        with torch.no_grad():
+            return id(model), float(sum(p.detach().double().sum() for p in model.parameters()))
+
+    def _load(self, model, tokenizer):
+        import gc
+        import tempfile
+
+        import torch
+        from vllm import LLM
+
+        key = model if isinstance(model, str) else self._fingerprint(model)
+        if self._llm is not None and self._key == key:
+            return self._llm
+        if self._llm is not None:  # one engine at a time on the GPU
+            self._llm = None
+            gc.collect()
+            torch.cuda.empty_cache()
+        path = model
+        if not isinstance(model, str):
+            from nesylib.evaluate import merge_lora
+
+            self._tmp = tempfile.TemporaryDirectory(prefix="nesylib-vllm-")
+            merge_lora(model).save_pretrained(self._tmp.name)  # note: folds a LoRA adapter in place
+            tokenizer.save_pretrained(self._tmp.name)
+            path = self._tmp.name
+        self._llm = LLM(model=path, tokenizer=path, seed=0, **self.llm_kwargs)
+        self._key = key
+        return self._llm
+
+    def __call__(self, model, tokenizer, prompts, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, batch_size=16,
+                 stop_strings=DEFAULT_STOP_STRINGS, stop_on_repetition=True, sort_by_length=True, progress=True,
+                 sampling: Sampling | None = None, seed: int = 42, add_bos: bool = False) -> list[GenOutput]:
+        from vllm import SamplingParams
+
+        llm = self._load(model, tokenizer)
+        eos = eos_token_ids(model, tokenizer) if not isinstance(model, str) else [tokenizer.eos_token_id]
+        rep = stop_on_repetition if isinstance(stop_on_repetition, RepetitionRule) else (
+            RepetitionRule() if stop_on_repetition else None)
+        encoded = encode_prompts(tokenizer, prompts, add_bos)
+        caps = per_prompt_caps(max_new_tokens, len(encoded))
+        s = sampling
+        params = [SamplingParams(temperature=s.temperature if s else 0.0, top_p=s.top_p if s else 1.0,
+                                 top_k=(s.top_k or -1) if s else -1, max_tokens=caps[i],
+                                 stop=list(stop_strings), stop_token_ids=list(eos), seed=seed * 1_000_003 + i,
+                                 skip_special_tokens=True)
+                  for i in range(len(encoded))]
+        outs = llm.generate([{"prompt_token_ids": ids} for ids in encoded], params, use_tqdm=progress)
+        return [apply_stop_rules(o.outputs[0].token_ids, tokenizer, eos_ids=eos, prompt_tokens=len(ids),
+                                 max_new_tokens=cap, stop_strings=stop_strings, repetition=rep)
+                for o, ids, cap in zip(outs, encoded, caps)]
+
+
+def vllm_available() -> bool:
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def get_engine(name: str = "hf") -> Callable[..., list[GenOutput]]:
+    """A callable with ``generate_batch``'s signature: "hf" (own loop), "vllm", or "auto"
+    (vLLM when it is installed and a GPU is present, else "hf")."""
+    if name == "auto":
+        name = "vllm" if vllm_available() else "hf"
+    if name == "hf":
+        return generate_batch
+    if name == "vllm":
+        return VLLMEngine()
+    raise ConfigError(f"engine must be one of {ENGINES}, got {name!r}")

@@ -1,0 +1,171 @@
+from nbtool import write_notebook
+
+write_notebook("notebooks/03_nesycd_training.ipynb", [
+    """#md
+# 03 · NesyCD: the KB-augmented student S_E
+
+Steps 5–6 of NesyCD (method.md §3, D13–D14), on the KB that `02_kb_construction` wrote from S_P's errors.
+
+* **Training (D14).** S_E is LoRA-tuned *from the base model* (not from S_P) on one concatenated set with one
+  cross-entropy loss: (a) every KB item in the P-KB prompt with its own analysis inserted (or, with
+  `own_summary=False`, the best-matching *other* entry: leave-one-out retrieval), (b) every training item in
+  P-STD (Direct CoT) and (c) every training item in P-FT (Answer Prediction). Same recipe as every student.
+* **Inference.** Each test question (query `task_description + question`) retrieves the top `k_retrieve`
+  entries; the first `k_insert` are inserted into P-KB. With no hit the prompt is plain P-STD. The optional
+  confidence gate (off by default, D13; the question is in its prompt and decoding is greedy) lets confident
+  items go without knowledge. OOD sets retrieve from the same in-domain KB, as the authors did.
+* **Reported.** The NesyCD row of the main table; beside it S_P (= Std-CoT) and S_E answering without
+  knowledge (P-STD), which isolates what retrieval at test time adds.""",
+    """# parameters
+preset = "adhoc"
+run_root = None
+data_dir = None
+seed = 42
+student = "smollm2-135m"
+bbh_tasks = None
+train_per_task = None
+gsm8k_train = None
+eval_per_task = {"bbh": None}
+train = {}                   # nesylib.train.TrainConfig fields (the recipe every student shares)
+eval_batch_size = 16
+max_new_tokens = None        # None: per-task caps (calibration.md); 1024 is the authors' protocol
+k_retrieve = 3
+k_insert = 1
+retriever = "bm25"           # bm25 | dense
+gate = False                 # the confidence gate of method.md §3 step 4, fixed as D13 says
+gate_threshold = 68.0
+own_summary = True           # False: training summaries by leave-one-out retrieval (D14 option)
+compare_sp = True            # evaluate S_P on the same slices (stored beside S_P, so 05 can reuse it)
+ablation_no_knowledge = True # evaluate S_E once more with P-STD prompts""",
+    """import json
+import shutil
+from pathlib import Path
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from nesylib import experiment, nesycd, prompts, runs, students
+from nesylib.kb import KnowledgeBase
+from nesylib.train import pick_backend
+
+backend = pick_backend()  # before transformers is used: unsloth patches it on a GPU
+params = dict(preset=preset, run_root=run_root, data_dir=data_dir, seed=seed, student=student, bbh_tasks=bbh_tasks,
+              train_per_task=train_per_task, gsm8k_train=gsm8k_train, eval_per_task=eval_per_task, train=train,
+              eval_batch_size=eval_batch_size, max_new_tokens=max_new_tokens, k_retrieve=k_retrieve,
+              k_insert=k_insert, retriever=retriever, gate=gate, gate_threshold=gate_threshold,
+              own_summary=own_summary, compare_sp=compare_sp, ablation_no_knowledge=ablation_no_knowledge)
+ctx = runs.start("03_nesycd_training", params,
+                 schema={**experiment.SELECTION_SCHEMA, "train": dict, "eval_batch_size": int, "k_retrieve": int,
+                         "k_insert": int, "retriever": ["bm25", "dense"], "gate": bool,
+                         "gate_threshold": (int, float), "own_summary": bool, "compare_sp": bool,
+                         "ablation_no_knowledge": bool})
+if not 1 <= k_insert <= k_retrieve:
+    raise ValueError(f"parameters k_insert={k_insert} and k_retrieve={k_retrieve}: need 1 <= k_insert <= k_retrieve")
+cfg = students.train_config(train)
+kb_run = ctx.upstream("02_kb_construction")
+kb_info = json.loads((kb_run / "results.json").read_text())
+kb = KnowledgeBase.load(kb_run / "kb.jsonl").index(retriever)
+train_recs = experiment.load_training_set(ctx)
+eval_sets = experiment.select_eval(eval_per_task, bbh_tasks, seed, data_dir)
+test_recs = [r for recs in eval_sets.values() for r in recs]
+print(f"backend {backend}; KB {len(kb)} entries (tutor {kb_info['tutor']}); {len(train_recs)} training items; "
+      "evaluation:", {k: len(v) for k, v in eval_sets.items()})""",
+    """#md
+## S_E: LoRA from the base model on KB errors (P-KB) + Direct CoT (P-STD) + Answer Prediction (P-FT)""",
+    """se_examples = nesycd.se_training_examples(train_recs, kb, own_summary=own_summary, loo_retrieval=not own_summary)
+part_a = se_examples[:len(se_examples) - 2 * len(train_recs)]
+n_kb = sum(prompts.KB_INTRO in e.prompt for e in part_a)  # leave-one-out may find nothing: then P-STD
+print(f"S_E training set: {len(se_examples)} examples = {len(part_a)} P-KB "
+      f"({n_kb} with knowledge) + {len(train_recs)} P-STD + {len(train_recs)} P-FT")
+se_dir = students.student_dir(ctx.dir.parent, "kb", se_examples, cfg, student)
+se = students.train_student("kb", se_examples, cfg, se_dir, student)
+print(f"S_E: {se.adapter_dir} {'(cached)' if se.cached else ''}")
+print(f"  {se.metrics['steps']} steps, final loss {se.metrics['final_loss']}, {se.metrics['seconds']} s")
+print("--- one P-KB training prompt ---")
+print((part_a[0] if part_a else se_examples[0]).prompt[:1200])""",
+    """#md
+## Inference with retrieved knowledge""",
+    """gate_fn = None
+if gate:
+    from nesylib.kb import confidence_gate
+    from nesylib.train import load_student
+
+    gate_model, gate_tok = load_student(student, se.adapter_dir)
+    gate_fn = lambda r: confidence_gate(gate_model, gate_tok, prompts.std(r), threshold=gate_threshold)  # noqa: E731
+knowledge = nesycd.retrieved_knowledge(test_recs, kb, k_retrieve=k_retrieve, k_insert=k_insert, gate=gate_fn)
+if gate:
+    del gate_model
+top = dict(zip([r["uid"] for r in test_recs], kb.retrieve_many(test_recs, k=1)))
+retrieval = pd.DataFrame([{
+    "dataset": r["dataset"], "knowledge": knowledge[r["uid"]] != prompts.NO_SUMMARY,
+    "same_task_hit": bool(top[r["uid"]]) and kb.entries[top[r["uid"]][0]["docid"]]["task"] == r["task"],
+} for r in test_recs]).groupby("dataset", sort=False).mean().round(3)
+retrieval.columns = ["share with knowledge inserted", "top hit from the same task"]
+retrieval""",
+    """def copy_eval(src, name):
+    # evaluations are stored beside their student (shared, reusable); a copy here keeps this run browsable
+    dest = ctx.path("eval", name)
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(src, dest)
+    return dest
+
+
+evals = {}
+res_kb, src, cached = nesycd.evaluate_cached("kb", student, se.adapter_dir, eval_sets, se_dir / "evals",
+                                             knowledge=lambda r: knowledge[r["uid"]], batch_size=eval_batch_size,
+                                             max_new_tokens=max_new_tokens, seed=seed)
+evals["kb"] = copy_eval(src, "kb")
+row = students.result_row("kb", res_kb, se.metrics, kb_entries=len(kb), tutor=kb_info["tutor"],
+                          retriever=retriever, k_retrieve=k_retrieve, k_insert=k_insert, gate=gate,
+                          own_summary=own_summary,
+                          knowledge_rate=round(sum(t != prompts.NO_SUMMARY for t in knowledge.values())
+                                               / len(knowledge), 4))
+print(f"NesyCD S_E{' (stored answers reused)' if cached else ''}: ID avg {row['id_avg']}, OOD avg {row['ood_avg']}")
+pd.DataFrame([row]).to_csv(ctx.path("nesycd.csv"), index=False)
+sample = next((s for s in res_kb.rows if prompts.KB_INTRO in s["prompt"]), res_kb.rows[0])
+print("--- a P-KB test prompt and S_E's answer ---")
+print(sample["prompt"][-1200:])
+print(">>>", sample["output"][:600])""",
+    """#md
+## What the knowledge adds: S_P vs S_E without knowledge vs S_E with the KB""",
+    """ablation = []
+if compare_sp:
+    sp_adapter = kb_info["sp_adapter"]  # the S_P whose errors built this KB
+    sp_metrics = json.loads((Path(sp_adapter).parent / "train_result.json").read_text())
+    res_sp, src, _ = nesycd.evaluate_cached("std", student, sp_adapter, eval_sets, Path(sp_adapter).parent / "evals",
+                                            batch_size=eval_batch_size, max_new_tokens=max_new_tokens, seed=seed)
+    evals["sp"] = copy_eval(src, "sp")
+    ablation.append(students.result_row("std", res_sp, sp_metrics) | {"method": "S_P (Std-CoT)", "variant": "sp"})
+if ablation_no_knowledge:
+    res_nok, src, _ = nesycd.evaluate_cached("std", student, se.adapter_dir, eval_sets, se_dir / "evals",
+                                             batch_size=eval_batch_size, max_new_tokens=max_new_tokens, seed=seed)
+    evals["se_no_knowledge"] = copy_eval(src, "se_no_knowledge")
+    ablation.append(students.result_row("kb", res_nok, se.metrics)
+                    | {"method": "S_E without knowledge (P-STD)", "variant": "se_no_knowledge"})
+ablation.append(row | {"method": "S_E with KB (NesyCD)", "variant": "se_kb"})
+ablation_table = pd.DataFrame(ablation)
+ablation_table.to_csv(ctx.path("ablation.csv"), index=False)
+ablation_table[["method"] + list(eval_sets) + ["id_avg", "ood_avg", "no_answer_rate", "prefill_tmacs"]]""",
+    """fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(eval_sets)), 3.8))
+width = 0.8 / len(ablation)
+for i, r in enumerate(ablation):
+    xs = [j + (i - (len(ablation) - 1) / 2) * width for j in range(len(eval_sets))]
+    acc = [r[ds] for ds in eval_sets]
+    err = [[r[ds] - r[f"{ds}_ci"][0] for ds in eval_sets], [r[f"{ds}_ci"][1] - r[ds] for ds in eval_sets]]
+    ax.errorbar(xs, acc, yerr=err, fmt="o", capsize=3, label=r["method"], color=f"C{i}")
+ax.set_xticks(range(len(eval_sets)), list(eval_sets))
+ax.set_ylabel("accuracy (95% bootstrap CI)")
+ax.set_ylim(-0.02, 1.02)
+ax.legend(fontsize=8)
+ax.set_title(f"NesyCD on {student}: S_P vs S_E")
+fig.tight_layout()
+fig.savefig(ctx.path("nesycd.png"), dpi=120)
+plt.show()""",
+    """results_path = ctx.save_results({"rows": [row], "ablation": ablation, "student": student, "backend": backend,
+                  "kb_entries": len(kb), "kb_path": str(kb_run / "kb.jsonl"), "tutor": kb_info["tutor"],
+                  "se_adapter": str(se.adapter_dir), "se_train_examples": len(se_examples), "se_kb_examples": n_kb,
+                  "retrieval": retrieval.reset_index().to_dict("records"),
+                  "evals": {k: str(v) for k, v in evals.items()}, "train_config": vars(cfg)})""",
+])
