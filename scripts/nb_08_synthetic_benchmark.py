@@ -265,7 +265,7 @@ pretty = pd.DataFrame([{
     "no answer": fmt(r.get("no_answer_rate")), "facts in output": fmt(r.get("facts_in_output")),
     "facts in knowledge": fmt(r.get("facts_in_knowledge"))} for r in rows])
 ctx.path("synth_results.md").write_text(
-    f"Synthetic benchmark, student {student}, {len(evals)} items (accuracy %, 95% CI)\n\n"
+    f"Synthetic benchmark, student {student}, {len(evals)} items (accuracy %, 95% CI)\\n\\n"
     + sx.markdown_table(pretty.to_dict("records"), list(pretty.columns)))
 pretty""",
     """#md
