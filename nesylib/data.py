@@ -70,12 +70,17 @@ def _read_json(path: Path):
         raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from e
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """Read a JSONL file; a bad line raises an error naming file and line."""
+def read_jsonl(path: Path, keep_blank: bool = False) -> list:
+    """Read a JSONL file; a bad line raises an error naming file and line.
+
+    ``keep_blank``: blank lines become None, so a row's position gives its line number.
+    """
     rows = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
+                if keep_blank:
+                    rows.append(None)
                 continue
             try:
                 row = json.loads(line)

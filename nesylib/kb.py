@@ -23,6 +23,7 @@ import os
 import re
 from pathlib import Path
 
+from nesylib.data import read_jsonl
 from nesylib.errors import ConfigError, DataError, NesylibError
 from nesylib.prompts import ANSWER_MARKER, FORMAT_SENTENCE, NO_SUMMARY
 from nesylib.retrieval import RETRIEVERS, make_retriever
@@ -247,8 +248,8 @@ class KnowledgeBase:
         path = Path(path)
         if not path.is_file():
             raise DataError(f"knowledge base {path} not found; build it with nesylib.kb.build_kb(...).save(path)")
-        kb = cls(failures=_read_jsonl(cls.failures_path(path)) if cls.failures_path(path).is_file() else [])
-        for n, row in enumerate(_read_jsonl(path, keep_lines=True), 1):
+        kb = cls(failures=read_jsonl(cls.failures_path(path)) if cls.failures_path(path).is_file() else [])
+        for n, row in enumerate(read_jsonl(path, keep_blank=True), 1):
             if row is not None:
                 kb.add(row, where=f"{path}:{n}")
         return kb
@@ -304,25 +305,6 @@ def _write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def _read_jsonl(path: Path, keep_lines: bool = False) -> list:
-    """Rows of a JSONL file; blank lines are None when ``keep_lines`` (so line numbers stay true)."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                if keep_lines:
-                    rows.append(None)
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: malformed JSON ({e.msg} at column {e.colno})") from e
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-    return rows
 
 
 # ------------------------------------------------------------------------------------ building
