@@ -40,7 +40,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from nesylib import experiment, runs, students
+from pathlib import Path
+
+from nesylib import experiment, nesycd, runs, students
 from nesylib.train import pick_backend
 
 backend = pick_backend()  # before transformers is used: unsloth patches it on a GPU
@@ -75,9 +77,13 @@ for method in methods:
         adapter, metrics = res.adapter_dir, res.metrics
         print(f"{method}: trained {'(cached)' if res.cached else ''} loss {metrics.get('final_loss')}")
     test_knowledge = kard_passages.test if method in ("kard", "kaft") else None
-    result = students.evaluate_student(method, student, adapter, eval_sets, ctx.path("eval", method),
-                                       knowledge=test_knowledge, batch_size=eval_batch_size,
-                                       max_new_tokens=max_new_tokens, seed=seed)
+    # stored beside the adapter and keyed by the prompts: Std-CoT = NesyCD's S_P, already scored in 03
+    cache = ctx.path("eval", "base") if adapter is None else Path(adapter).parent / "evals"
+    result, where, reused = nesycd.evaluate_cached(method, student, adapter, eval_sets, cache,
+                                                   knowledge=test_knowledge, batch_size=eval_batch_size,
+                                                   max_new_tokens=max_new_tokens, seed=seed)
+    if reused:
+        print(f"{method}: evaluation reused from {where}")
     rows.append(students.result_row(method, result, metrics))
     print(f"{method}: ID avg {rows[-1]['id_avg']}, OOD avg {rows[-1]['ood_avg']}")
 table = pd.DataFrame(rows)

@@ -40,7 +40,8 @@ max_demos = 6                # SKIntern demos at stage 0 (n_t decays linearly)
 compressor = "self-info"     # self-info | truncate | llmlingua2 | auto
 k_retrieve = 3               # NesyCD: KB hits retrieved per question
 k_insert = 1                 # NesyCD: hits inserted into the prompt
-kard_k = 3                   # KARD: passages per question""",
+kard_k = 3                   # KARD: passages per question
+demo_items_per_task = None   # NesyCD: S_P answers at most this many training questions per task; None: all""",
     """import json
 import time
 
@@ -61,12 +62,12 @@ params = dict(preset=preset, run_root=run_root, seed=seed, student=student, trai
               train_overrides=train_overrides, eval_batch_size=eval_batch_size, max_new_tokens=max_new_tokens,
               synth_config=synth_config, eval_per_task_synth=eval_per_task_synth, methods=methods,
               stages_T=stages_T, max_demos=max_demos, compressor=compressor, k_retrieve=k_retrieve,
-              k_insert=k_insert, kard_k=kard_k)
+              k_insert=k_insert, kard_k=kard_k, demo_items_per_task=demo_items_per_task)
 ctx = runs.start("08_synthetic_benchmark", params, schema={
     "seed": int, "student": str, "train": dict, "train_overrides": dict, "eval_batch_size": int,
     "max_new_tokens": (int, type(None)), "synth_config": (str, dict), "eval_per_task_synth": (int, type(None)),
     "methods": list, "stages_T": int, "max_demos": int, "compressor": ["self-info", "truncate", "llmlingua2", "auto"],
-    "k_retrieve": int, "k_insert": int, "kard_k": int})
+    "k_retrieve": int, "k_insert": int, "kard_k": int, "demo_items_per_task": (int, type(None))})
 bad = sorted(set(methods) - set(sx.METHODS))
 if bad:
     raise ValueError(f"parameter 'methods' has unknown method(s) {bad}; choose from {sorted(sx.METHODS)}")
@@ -152,10 +153,13 @@ def score(method, adapter, records, knowledge_fn=None, name=None):
     """#md
 ### NesyCD: S_P's errors on the training questions → knowledge base → S_E → retrieval at test time""",
     """if "nesycd" in methods:
-    sp = score("std", std_adapter, bench["train"], name="nesycd_sp_train")
-    kb, errors, corrects = sx.nesycd_kb(sp, bench["train"], teacher, student_name=f"S_P {student}")
+    from nesylib.data import subsample
+
+    demo_recs = subsample(bench["train"], demo_items_per_task, seed)  # as in 02: a seeded share per task
+    sp = score("std", std_adapter, demo_recs, name="nesycd_sp_train")
+    kb, errors, corrects = sx.nesycd_kb(sp, demo_recs, teacher, student_name=f"S_P {student}")
     kb.save(ctx.path("nesycd", "kb.jsonl"))
-    extra["nesycd"] = {"sp_train_accuracy": sp.accuracy, "errors": len(errors), "corrects": len(corrects),
+    extra["nesycd"] = {"sp_items": len(demo_recs), "sp_train_accuracy": sp.accuracy, "errors": len(errors), "corrects": len(corrects),
                        "kb_entries": len(kb), "kb_failures": len(kb.failures)}
     print(extra["nesycd"])
     se_adapter = fit("nesycd", se_training_examples(train_rows, kb))

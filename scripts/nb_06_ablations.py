@@ -1,0 +1,181 @@
+from nbtool import write_notebook
+
+write_notebook("notebooks/06_ablations.ipynb", [
+    """#md
+# 06 · Ablations: one factor at a time around notebook 08's configuration
+
+The papers' ablations, run on the knowledge-sparse synthetic benchmark (notebook 08), where a CPU-sized
+student can show a mechanism at all (calibration.md: BBH slices cannot separate methods at 135M):
+
+| sweep | what varies | what stays | cost |
+|---|---|---|---|
+| `k` | NesyCD: KB entries inserted at test time (0 = P-STD, the question alone) | the S_E student of 08 | evaluation only |
+| `train_size` | Std-CoT: share of the training questions (seeded, per task) | recipe, epochs | one training per share |
+| `schedule` | SKIntern: decay shape (linear, exponential, step) and number of stages T | knowledge, demos, step budget | one training per variant |
+| `content` | SKIntern: knowledge only (no demos) or demos only (no knowledge) | schedule, step budget | one training per variant |
+
+This notebook runs **after** 08 (`nesylib.runs.RUN_AFTER`): it reads 08's parameters, benchmark, knowledge and
+knowledge base, so every variant differs from 08's run in the swept factor only; the variant equal to 08's
+configuration reuses 08's cached adapter. Every sweep is a list parameter; an empty list skips it.""",
+    """# parameters
+preset = "adhoc"
+run_root = None
+seed = 42
+student = "smollm2-135m"
+eval_batch_size = 16
+k_values = [0, 1, 2, 3]                    # NesyCD: KB entries inserted per question; 0 is P-STD
+train_fractions = [0.25, 0.5, 1.0]         # Std-CoT: share of the training questions per task
+schedules = [["linear", 6], ["exponential", 6], ["step", 6], ["linear", 3]]   # SKIntern: [kind, T]
+content_variants = ["knowledge_only", "examples_only"]                        # SKIntern at 08's schedule""",
+    """import json
+import time
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+from IPython.display import display
+
+from nesylib import runs, students
+from nesylib.train import pick_backend
+
+backend = pick_backend()  # before transformers is used: unsloth patches it on a GPU
+from nesylib import synth
+from nesylib.synth import ablations as ab
+from nesylib.synth import experiment as sx
+
+params = dict(preset=preset, run_root=run_root, seed=seed, student=student, eval_batch_size=eval_batch_size,
+              k_values=k_values, train_fractions=train_fractions, schedules=schedules,
+              content_variants=content_variants)
+ctx = runs.start("06_ablations", params, schema={"seed": int, "student": str, "eval_batch_size": int,
+                                                 "k_values": list, "train_fractions": list, "schedules": list,
+                                                 "content_variants": list})
+sweeps = ab.check_sweeps(k_values, train_fractions, schedules, content_variants)
+src = ctx.upstream("08_synthetic_benchmark")
+base = ab.base_config(src, student)
+cfg = students.train_config({**base["train"], **base["train_overrides"]})
+t_start = time.time()
+print(f"backend {backend}; 08's configuration: " + json.dumps({k: base[k] for k in (
+    "synth_config", "eval_per_task_synth", "stages_T", "max_demos", "compressor", "k_retrieve", "k_insert")}))""",
+    """#md
+## The benchmark, knowledge and knowledge base of notebook 08""",
+    """from transformers import AutoTokenizer
+
+from nesylib.curriculum import Schedule
+from nesylib.formats import examples_for
+from nesylib.kb import KnowledgeBase
+from nesylib.models import resolve_model
+from nesylib.nesycd import retrieved_knowledge, se_training_examples
+from nesylib.train import train_lora
+
+bench = synth.load_benchmark(src / "benchmark")
+world = synth.load_world(src / "benchmark")
+teacher = synth.SynthTeacher(world)
+train_rows = synth.rationale_records(bench["train"], teacher)
+evals = sx.eval_records(bench, base["eval_per_task_synth"], base["seed"])
+tok = AutoTokenizer.from_pretrained(resolve_model(student))
+spec = sx.synth_task_spec(train_rows, tok)
+knowledge = ab.read_knowledge(src / "knowledge.jsonl") if sweeps["schedule"] or sweeps["content"] else {}
+kb = KnowledgeBase.load(src / "nesycd" / "kb.jsonl") if sweeps["k"] else None
+print(f"{len(train_rows)} training questions, {len(evals)} evaluated items, "
+      f"{len(knowledge)} knowledge texts, {len(kb) if kb is not None else 0} KB entries")
+rows, timing, trained = [], {}, {}
+
+
+def fit(method, examples, name):
+    out = students.student_dir(ctx.dir.parent, f"synth-{method}", examples, cfg, student)
+    t0 = time.time()
+    res = train_lora(student, examples, cfg, out)
+    timing[f"{name}_train_s"] = round(time.time() - t0, 1)
+    trained[name] = {"cached": bool(res.cached), "steps": res.metrics.get("steps"),
+                     "final_loss": res.metrics.get("final_loss"), "adapter": str(res.adapter_dir)}
+    print(f"{name}: {'cached (same as 08)' if res.cached else 'trained'}, {res.metrics.get('steps')} steps, "
+          f"loss {res.metrics.get('final_loss')}")
+    return res.adapter_dir
+
+
+def score(sweep, variant, value, method, adapter, knowledge_fn=None):
+    t0 = time.time()
+    res = sx.evaluate_method(method, student, adapter, evals, ctx.path("eval", f"{sweep}-{variant}"),
+                             knowledge=knowledge_fn, spec=spec, batch_size=eval_batch_size,
+                             max_new_tokens=base["max_new_tokens"], seed=base["seed"])
+    timing[f"{sweep}-{variant}_eval_s"] = round(time.time() - t0, 1)
+    items = sx.item_rows(method, res.rows, evals, world)
+    rows.extend(ab.sweep_rows(sweep, variant, value, items, res.summary))
+    print(f"{sweep} {variant}: accuracy {res.accuracy:.3f} ({timing[f'{sweep}-{variant}_eval_s']} s)")""",
+    """#md
+## k: how many knowledge-base entries NesyCD inserts at test time
+
+S_E is 08's student (trained on its own KB analyses, D14); only the test-time prompt changes. `k = 0` inserts
+nothing (the prompt is P-STD), which asks how much of S_E's accuracy comes from the retrieved knowledge.""",
+    """if sweeps["k"]:
+    se_adapter = fit("nesycd", se_training_examples(train_rows, kb), "nesycd_se")
+    k_retrieve = max(max(sweeps["k"]), base["k_retrieve"])
+    for k in sweeps["k"]:
+        inserted = retrieved_knowledge(evals, kb, k_retrieve=k_retrieve, k_insert=k) if k else {}
+        score("k", f"k={k}", k, "nesycd", se_adapter, lambda r: inserted.get(r["uid"], ab.NO_KNOWLEDGE))""",
+    """#md
+## Training-data size: Std-CoT on a seeded share of the training questions of every task""",
+    """for frac in sweeps["train_size"]:
+    subset = ab.fraction_per_task(train_rows, frac, base["seed"])
+    adapter = fit("std", examples_for("std", subset), f"std-{frac}")
+    score("train_size", f"{frac:g} ({len(subset)} questions)", frac, "std", adapter)""",
+    """#md
+## SKIntern: schedule shape and number of stages; knowledge only vs demonstrations only
+
+Every variant gets the same step budget as 08's SKIntern (the Std-CoT steps, D17) and answers from the question
+alone. `knowledge_only` shows no demonstrations at any stage; `examples_only` shows the stage's demonstrations
+but no knowledge.""",
+    """if sweeps["schedule"] or sweeps["content"]:
+    from nesylib.compress import make_compressor
+    from nesylib.skintern import training_budget
+
+    comp = make_compressor(base["compressor"], model_name=student)
+    variants = [(f"{kind}, T={T}", "schedule", Schedule(T=T, kind=kind, max_demos=base["max_demos"]), knowledge)
+                for kind, T in sweeps["schedule"]]
+    own = Schedule(T=base["stages_T"], kind="linear", max_demos=base["max_demos"])
+    variants += [(v, "content", Schedule(T=own.T, kind=own.kind, max_demos=0) if v == "knowledge_only" else own,
+                  knowledge if v == "knowledge_only" else {}) for v in sweeps["content"]]
+    stage_reports = {}
+    for variant, sweep, schedule, know in variants:
+        budget = training_budget(len(train_rows), cfg, schedule.T)
+        t0 = time.time()
+        stages, reports, _ = sx.skintern_stages(train_rows, know, schedule, comp, budget["total_steps"], tok,
+                                                cfg.cutoff_len, base["seed"])
+        timing[f"{sweep}-{variant}_compress_s"] = round(time.time() - t0, 1)
+        stage_reports[variant] = reports
+        adapter = fit("skintern", stages, f"skintern {variant}")
+        score(sweep, variant, variant, "skintern", adapter)
+    del comp""",
+    """#md
+## Results: accuracy with 95% bootstrap CIs (test and ood together, and per split)""",
+    """table = pd.DataFrame(rows)
+if len(table):
+    table.to_csv(ctx.path("ablations.csv"), index=False)
+    display(table[table.split == "all"][["sweep", "variant", "accuracy", "ci_low", "ci_high", "n",
+                                         "inference_tflops"]])
+    sx_md = sx.markdown_table(json.loads(table[table.split == "all"].round(4).to_json(orient="records")),
+                              ["sweep", "variant", "accuracy", "ci_low", "ci_high", "n"])
+    ctx.path("ablations.md").write_text(sx_md)
+timing["total_s"] = round(time.time() - t_start, 1)
+timing""",
+    """names = [s for s in ("k", "train_size", "schedule", "content") if len(table) and (table.sweep == s).any()]
+if names:
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
+    for ax, s in zip(axes[0], names):
+        d = table[(table.sweep == s) & (table.split == "all")]
+        x = range(len(d))
+        ax.errorbar(list(x), d.accuracy, yerr=[d.accuracy - d.ci_low, d.ci_high - d.accuracy], fmt="o", capsize=3)
+        ax.set_xticks(list(x), d.variant, rotation=30, ha="right", fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_title(s)
+    axes[0][0].set_ylabel("accuracy (95% CI)")
+    fig.suptitle(f"Ablations on the synthetic benchmark ({len(evals)} items), student {student}")
+    fig.tight_layout()
+    fig.savefig(ctx.path("ablations.png"), dpi=120)
+    plt.show()""",
+    """ctx.save_results({"student": student, "backend": backend, "base_config": base, "train_config": vars(cfg),
+                  "eval_items": len(evals), "sweeps": {s: [r for r in rows if r["sweep"] == s] for s in sweeps},
+                  "trained": trained, "timing": timing,
+                  "skintern_stage_reports": stage_reports if (sweeps["schedule"] or sweeps["content"]) else {}})""",
+])
