@@ -762,7 +762,9 @@ def _ablation_caption(report: Report) -> str:
     return "\n\n".join([
         "**Ablations.** One panel per sweep: accuracy with 95% intervals for each variant (a line over numeric "
         "values; split series where the sweep records them).",
-        f"*Setup.* {_setup_text(report, students)}", f"*Data.* {'; '.join(sweeps)}.",
+        f"*Setup.* {_setup_text(report, students, synthetic=True)} Each variant differs from notebook 08's run "
+        f"in the swept factor only.", f"*Data.* synthetic benchmark (notebook 08's evaluation items); "
+        f"{'; '.join(sweeps)}.",
         "*What it can show:* how far each knob moves accuracy on these items, relative to the interval widths.",
         f"*What it cannot show:* {_precision_text(t.ci_low, t.ci_high, t.n, 'variant accuracy')} {' '.join(overlaps)} "
         f"{_scale_text(students)}",

@@ -272,12 +272,16 @@ def run_preset(preset_name: str, only: list[str] | None = None, force: bool = Fa
     summary, keys = [], []
     for i, nb in enumerate(nbs, 1):
         stem = nb.stem
-        if stem in skip or (only and stem not in only):
+        if stem in skip:
             continue
         params = _declared_params(nb, preset, stem)
         params["run_root"] = str(root)
+        # Every notebook's key counts, run or not, so that `--only` runs (e.g. independent notebooks
+        # on separate GPUs) and a later full run agree on what is already done.
         key = _cache_key(nb, params, keys)
         keys.append(key)
+        if only and stem not in only:
+            continue
         done = root / stem / "done.json"
         if not force and done.is_file() and read_json(done).get("key") == key:
             log(f"[{i}/{len(nbs)}] {stem}: unchanged, cached ({read_json(done).get('seconds', 0):.0f} s originally)")

@@ -110,20 +110,31 @@ def item_order(n_items: int, n_draws: int, seed: int, stage: int, lengths: list[
                batch_size: int = 1) -> list[int]:
     """``n_draws`` indices into ``range(n_items)``: consecutive seeded permutations (one per pass).
 
-    With ``lengths``, each run of 50 batches is sorted longest first (length grouping), which
-    keeps batches random in content but similar in length.
+    With ``lengths`` (length grouping), each run of 50 batches is sorted by length, cut into
+    batches, and the batches are shuffled (seeded): a batch holds items of similar length, so little
+    of it is padding, while the order of batches stays random (sorted runs alone would put every
+    short item, e.g. all answer-only targets, at the end of training).
     """
     order: list[int] = []
     rep = 0
     while len(order) < n_draws:
-        order += np.random.default_rng([seed, stage, rep]).permutation(n_items).tolist()
+        perm = np.random.default_rng([seed, stage, rep]).permutation(n_items).tolist()
+        if lengths is not None:  # within one pass, so that a batch never holds the same item twice
+            perm = _group_by_length(perm, lengths, batch_size, [seed, stage, rep])
+        order += perm
         rep += 1
-    order = order[:n_draws]
-    if lengths is not None:
-        mega = 50 * batch_size
-        order = [j for s in range(0, len(order), mega)
-                 for j in sorted(order[s:s + mega], key=lambda k: -lengths[k])]
-    return order
+    return order[:n_draws]
+
+
+def _group_by_length(perm: list[int], lengths: list[int], batch_size: int, seed: list[int]) -> list[int]:
+    mega = 50 * batch_size
+    out = []
+    for s in range(0, len(perm), mega):
+        run = sorted(perm[s:s + mega], key=lambda k: -lengths[k])
+        batches = [run[b:b + batch_size] for b in range(0, len(run), batch_size)]
+        for b in np.random.default_rng(seed + [7919, s]).permutation(len(batches)):
+            out += batches[b]
+    return out
 
 
 class StreamSampler(torch.utils.data.Sampler):

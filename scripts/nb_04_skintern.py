@@ -43,7 +43,8 @@ knowledge_base_url = None      # openai: e.g. http://localhost:8000/v1 for a vLL
 api_key_env = "OPENAI_API_KEY"
 store_path = None              # None: knowledge_store.jsonl in this notebook's run folder
 concurrency = 8
-budget_usd = None              # stop new paid knowledge calls beyond this spend
+budget_usd = None              # stop new paid knowledge calls beyond this spend (needs price_in_out)
+price_in_out = None            # [USD per 1M input tokens, USD per 1M output tokens] of knowledge_model
 stages_T = 6                   # stages t in 0..T; T 6 with 6 demos gives the code's rule n_t 6-t (D15)
 schedule_kind = "linear"       # linear | exponential | step
 max_demos = 6                  # demonstrations at stage 0
@@ -67,7 +68,8 @@ params = dict(preset=preset, run_root=run_root, data_dir=data_dir, seed=seed, st
               train_per_task=train_per_task, gsm8k_train=gsm8k_train, eval_per_task=eval_per_task, train=train,
               eval_batch_size=eval_batch_size, max_new_tokens=max_new_tokens, knowledge_backend=knowledge_backend,
               knowledge_model=knowledge_model, knowledge_base_url=knowledge_base_url, api_key_env=api_key_env,
-              store_path=store_path, concurrency=concurrency, budget_usd=budget_usd, stages_T=stages_T,
+              store_path=store_path, concurrency=concurrency, budget_usd=budget_usd, price_in_out=price_in_out,
+              stages_T=stages_T,
               schedule_kind=schedule_kind, max_demos=max_demos, demo_mode=demo_mode, compressor=compressor,
               compressor_model=compressor_model, epochs_budget=epochs_budget, stage_cutoff_len=stage_cutoff_len)
 ctx = runs.start("04_skintern_curriculum", params,
@@ -90,7 +92,8 @@ pd.DataFrame(schedule.table())""",
     """from nesylib.knowledge import generate_knowledge
 
 writer = nesycd.tutor_from_params(knowledge_backend, train_recs, knowledge_model, knowledge_base_url, api_key_env,
-                                  store_path or ctx.path("knowledge_store.jsonl"), concurrency, budget_usd)
+                                  store_path or ctx.path("knowledge_store.jsonl"), concurrency, budget_usd,
+                                  {knowledge_model: price_in_out} if price_in_out else None)
 knowledge, k_failures = generate_knowledge(train_recs, writer)
 runs.write_jsonl(experiment.knowledge_file(ctx.dir),
                  [{"uid": r["uid"], "knowledge": knowledge[r["uid"]]} for r in train_recs if r["uid"] in knowledge])

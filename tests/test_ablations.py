@@ -1,5 +1,4 @@
-"""Notebook 06's glue: sweep validation, inheriting 08's configuration, nested data shares, result rows;
-and the run order that puts 06 after 08 and the figures notebook last."""
+"""Notebook 06's glue: sweep validation, inheriting 08's configuration, nested data shares, result rows."""
 import json
 
 import pytest
@@ -90,14 +89,3 @@ def test_sweep_rows_give_all_and_per_split_accuracy():
     assert rows["all"]["ci_low"] <= 0.75 <= rows["all"]["ci_high"]
     with pytest.raises(ConfigError, match="no evaluated items"):
         ab.sweep_rows("k", "k=1", 1, [])
-
-
-def test_run_order_puts_ablations_after_08_and_figures_last(tmp_path):
-    for stem in ("00_data", "05_baselines", "06_ablations", "07_flops_and_figures", "08_synthetic_benchmark",
-                 "09_extra"):
-        (tmp_path / f"{stem}.ipynb").write_text("{}")
-    order = [p.stem for p in runs.list_notebooks(tmp_path)]
-    assert order == ["00_data", "05_baselines", "08_synthetic_benchmark", "06_ablations", "09_extra",
-                     "07_flops_and_figures"]
-    (tmp_path / "08_synthetic_benchmark.ipynb").unlink()
-    assert [p.stem for p in runs.list_notebooks(tmp_path)][-2:] == ["06_ablations", "07_flops_and_figures"]

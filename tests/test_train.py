@@ -149,10 +149,16 @@ def test_stages_share_one_schedule_and_reports(tiny_model_dir, tmp_path):
     assert sorted(order[:4]) == [0, 1, 2, 3] and sorted(order[4:8]) == [0, 1, 2, 3]  # whole passes first
     assert order == item_order(4, 10, seed=42, stage=0) != item_order(4, 10, seed=43, stage=0)
 
-    lengths = [5, 1, 9, 3, 7, 2]
-    grouped = item_order(6, 12, seed=42, stage=1, lengths=lengths, batch_size=1)  # runs of 50: one sorted run
-    assert sorted(grouped) == sorted(item_order(6, 12, seed=42, stage=1))
-    assert [lengths[j] for j in grouped] == sorted((lengths[j] for j in grouped), reverse=True)
+    lengths = [5, 1, 9, 3, 7, 2, 8, 4, 6, 10, 11, 12]
+    plain = item_order(12, 24, seed=42, stage=1)
+    grouped = item_order(12, 24, seed=42, stage=1, lengths=lengths, batch_size=2)  # 2 passes of 6 batches
+    assert sorted(grouped) == sorted(plain) and grouped == item_order(12, 24, 42, 1, lengths, 2)
+    for p in (grouped[:12], grouped[12:]):
+        assert sorted(p) == list(range(12))  # each pass is a permutation: no item twice in a batch
+        batches = [sorted(lengths[j] for j in p[b:b + 2]) for b in range(0, 12, 2)]
+        assert sorted(batches) == [[1, 2], [3, 4], [5, 6], [7, 8], [9, 10], [11, 12]]  # neighbours by length
+    assert [lengths[j] for j in grouped[:12]] != sorted(lengths, reverse=True)  # batch order is shuffled
+    assert grouped[:12] != grouped[12:]
     with pytest.raises(ConfigError, match="TrainConfig.lora_dropout"):
         TrainConfig(lora_dropout=1.5).validate()
     with pytest.raises(ConfigError, match="no weight for group"):
