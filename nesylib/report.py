@@ -257,6 +257,14 @@ def _md(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines + ["| " + " | ".join(map(esc, r)) + " |" for r in rows]) + "\n"
 
 
+def _shown_path(path) -> str:
+    """A results folder as a reader should see it: relative to the repository when inside it."""
+    from nesylib.runs import REPO_ROOT
+
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO_ROOT)) if p.is_relative_to(REPO_ROOT) else p.name
+
+
 def main_table_markdown(table: pd.DataFrame, notes=(), title: str | None = None) -> str:
     """A Markdown version of ``main_table``: accuracy % [95% CI], n in the header when it is the same for all."""
     datasets = datasets_of(table)
@@ -397,7 +405,7 @@ def write_tables(report: Report, out_dir) -> list[Path]:
     report.main.to_csv(paths[0], index=False)
     presets = ", ".join(_setup(report)["presets"]) or "preset not recorded"
     paths[1].write_text(main_table_markdown(report.main, report.notes,
-                                            title=f"Main results ({presets}; from {report.collected.dir})"))
+                                            title=f"Main results ({presets}; from {_shown_path(report.collected.dir)})"))
     report.points.to_csv(paths[2], index=False)
     for name, df in (("synthetic_table", report.synthetic), ("ablations", report.ablations)):
         if df is not None:

@@ -1,9 +1,8 @@
 import json
-import shutil
 
 import pytest
 
-from nesylib import data, sources
+from nesylib import data
 from nesylib.errors import DataError
 
 

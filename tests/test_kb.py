@@ -241,7 +241,7 @@ def test_load_errors_name_file_line_and_field(kb, tmp_path):
     row = json.loads(lines[2])
     del row["summary"]
     path.write_text("\n".join(lines[:2] + [json.dumps(row)]) + "\n", encoding="utf-8")
-    with pytest.raises(DataError, match=rf"kb.jsonl:3: KB entry lacks required field\(s\) \['summary'\]"):
+    with pytest.raises(DataError, match=r"kb.jsonl:3: KB entry lacks required field\(s\) \['summary'\]"):
         KnowledgeBase.load(path)
     path.write_text(lines[0] + "\n[1, 2]\n", encoding="utf-8")
     with pytest.raises(DataError, match="kb.jsonl:2: expected a JSON object"):
