@@ -124,6 +124,9 @@ class SelfInfoCompressor(Compressor):
         self.start_id = vocab.get("<|endoftext|>", tokenizer.bos_token_id
                                   if tokenizer.bos_token_id is not None else tokenizer.eos_token_id)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.start_id
+        # text -> word scores: a sweep compresses the same knowledge under several schedules
+        # (notebook 06), and one LM pass per text serves them all
+        self._word_scores: dict[str, list[tuple[int, int, float]]] = {}
 
     # -- scoring -------------------------------------------------------------------------------
     def token_surprisal(self, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]], list[float]]]:
@@ -157,7 +160,15 @@ class SelfInfoCompressor(Compressor):
         return [(e["input_ids"], e["offset_mapping"], sc) for e, sc in zip(enc, scores)]
 
     def word_scores(self, texts: list[str]) -> list[list[tuple[int, int, float]]]:
-        """Per text: (start, end, summed self-information) for each whitespace-separated word."""
+        """Per text: (start, end, summed self-information) for each whitespace-separated word.
+
+        Scores are remembered per text, so a text is scored by the LM once per compressor."""
+        todo = list(dict.fromkeys(t for t in texts if t not in self._word_scores))
+        if todo:
+            self._word_scores.update(zip(todo, self._score_words(todo)))
+        return [self._word_scores[t] for t in texts]
+
+    def _score_words(self, texts: list[str]) -> list[list[tuple[int, int, float]]]:
         out = []
         for text, (_, offsets, sc) in zip(texts, self.token_surprisal(texts)):
             spans = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]

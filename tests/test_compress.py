@@ -123,6 +123,17 @@ def test_compress_ratios_scores_once_and_matches_compress(tiny, monkeypatch):
         assert [c.text for c in grid[t][:3]] == [c.text for c in comp.compress(KNOWLEDGE, ratios[t])]
 
 
+def test_a_second_schedule_reuses_the_scores(tiny, monkeypatch):
+    comp, tok = tiny
+    first = comp.compress_ratios(KNOWLEDGE, [0.5, 0.25])
+    passes = []
+    orig = comp.token_surprisal
+    monkeypatch.setattr(comp, "token_surprisal", lambda texts: passes.append(len(texts)) or orig(texts))
+    again = comp.compress_ratios(KNOWLEDGE + ["a new text here"], [0.5, 0.75])
+    assert passes == [1]  # only the text not seen before goes through the LM
+    assert [c.text for c in again[0][:len(KNOWLEDGE)]] == [c.text for c in first[0]]
+
+
 def test_word_truncation_keeps_line_prefixes():
     text = "one two three four five six\nalpha beta gamma\n\nx"
     (c,) = WordTruncationCompressor().compress([text], 0.5)
