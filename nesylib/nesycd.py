@@ -183,10 +183,13 @@ _EVAL_CODE = ("generate.py", "evaluate.py", "extract.py", "metrics.py", "flops.p
 
 
 def evaluation_key(method: str, base: str, adapter_dir, eval_sets: dict[str, list[dict]], knowledge=None,
-                   max_new_tokens: int | None = None, seed: int = 42) -> str:
+                   max_new_tokens: int | None = None, seed: int = 42, specs: dict | None = None) -> str:
     """What determines an evaluation's outputs: the student (base + adapter fingerprint), every
-    prompt, the caps and seed, the task-spec versions and the evaluation code. Greedy outputs do
-    not depend on the batch size (nesylib.generate), so it is not part of the key."""
+    prompt, the caps and seed, the task specs (versions, or the whole of a spec passed in
+    ``specs``) and the evaluation code. Greedy outputs do not depend on the batch size
+    (nesylib.generate), so it is not part of the key."""
+    from dataclasses import asdict
+
     from nesylib.evaluate import get_task_spec
     from nesylib.runs import file_hash, stable_hash
     from nesylib.students import inference_prompts
@@ -203,27 +206,29 @@ def evaluation_key(method: str, base: str, adapter_dir, eval_sets: dict[str, lis
     return stable_hash({
         "method": method, "base": str(base), "student": student, "max_new_tokens": max_new_tokens, "seed": seed,
         "prompts": stable_hash([[r["uid"], build(r)] for r in records]),
-        "specs": {ds: get_task_spec(ds).version for ds in sorted({r["dataset"] for r in records})},
+        "specs": {ds: (asdict(specs[ds]) if specs and ds in specs else get_task_spec(ds).version)
+                  for ds in sorted({r["dataset"] for r in records})},
         "code": [file_hash(here / f) for f in _EVAL_CODE],
     })
 
 
 def evaluate_cached(method: str, base: str, adapter_dir, eval_sets: dict[str, list[dict]], cache_root, *,
-                    knowledge=None, batch_size: int = 16, max_new_tokens: int | None = None, seed: int = 42):
+                    knowledge=None, batch_size: int = 16, max_new_tokens: int | None = None, seed: int = 42,
+                    specs: dict | None = None):
     """``students.evaluate_student`` into ``cache_root/<method>-<evaluation_key>``, or the stored
     result when that folder is complete (its summary.json is written last). Notebooks that
-    evaluate the same student on the same prompts (S_P in 03 and Std-CoT in 05) then pay once.
-    Returns (EvalResult, folder, cached)."""
+    evaluate the same student on the same prompts (S_P in 03 and Std-CoT in 05, NesyCD's S_E in
+    08 and 06) then pay once. Returns (EvalResult, folder, cached)."""
     from nesylib.data import read_jsonl
     from nesylib.evaluate import EvalResult
     from nesylib.students import evaluate_student
 
-    key = evaluation_key(method, base, adapter_dir, eval_sets, knowledge, max_new_tokens, seed)
+    key = evaluation_key(method, base, adapter_dir, eval_sets, knowledge, max_new_tokens, seed, specs)
     out = Path(cache_root) / f"{method}-{key}"
     summary_file, samples = out / "summary.json", out / "samples.jsonl"
     if summary_file.is_file() and samples.is_file():
         stored = json.loads(summary_file.read_text())
         return EvalResult(read_jsonl(samples), stored["summary"], stored["meta"], samples), out, True
     result = evaluate_student(method, base, adapter_dir, eval_sets, out, knowledge=knowledge, batch_size=batch_size,
-                              max_new_tokens=max_new_tokens, seed=seed)
+                              max_new_tokens=max_new_tokens, seed=seed, specs=specs)
     return result, out, False

@@ -16,7 +16,8 @@ student can show a mechanism at all (calibration.md: BBH slices cannot separate 
 
 This notebook runs **after** 08 (`nesylib.runs.RUN_AFTER`): it reads 08's parameters, benchmark, knowledge and
 knowledge base, so every variant differs from 08's run in the swept factor only; the variant equal to 08's
-configuration reuses 08's cached adapter. Every sweep is a list parameter; an empty list skips it.""",
+configuration reuses 08's cached adapter and, where its prompts match too, 08's stored answers. Every sweep is
+a list parameter; an empty list skips it.""",
     """# parameters
 preset = "adhoc"
 run_root = None
@@ -102,7 +103,8 @@ def score(sweep, variant, value, method, adapter, knowledge_fn=None):
     timing[f"{sweep}-{variant}_eval_s"] = round(time.time() - t0, 1)
     items = sx.item_rows(method, res.rows, evals, world)
     rows.extend(ab.sweep_rows(sweep, variant, value, items, res.summary))
-    print(f"{sweep} {variant}: accuracy {res.accuracy:.3f} ({timing[f'{sweep}-{variant}_eval_s']} s)")""",
+    reused = " (08's stored answers)" if "reused_from" in res.meta else ""
+    print(f"{sweep} {variant}: accuracy {res.accuracy:.3f} ({timing[f'{sweep}-{variant}_eval_s']} s{reused})")""",
     """#md
 ## k: how many knowledge-base entries NesyCD inserts at test time
 

@@ -142,7 +142,7 @@ def score(method, adapter, records, knowledge_fn=None, name=None):
                              max_new_tokens=max_new_tokens, seed=seed)
     timing[f"{name or method}_eval_s"] = round(time.time() - t0, 1)
     print(f"{name or method}: accuracy {res.accuracy:.3f} on {len(records)} items, "
-          f"{timing[f'{name or method}_eval_s']} s")
+          f"{timing[f'{name or method}_eval_s']} s{' (stored answers reused)' if 'reused_from' in res.meta else ''}")
     return res""",
     """#md
 ### Std-CoT (and NesyCD's S_P, the same student)""",

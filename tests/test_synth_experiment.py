@@ -199,6 +199,23 @@ def test_train_and_evaluate_on_the_tiny_model(tmp_path, world, bench, train_rows
     nes = sx.evaluate_method("nesycd", str(tiny_model_dir), res.adapter_dir, recs, tmp_path / "eval_kb",
                              knowledge=lambda r: kb_text[r["uid"]], batch_size=4, max_new_tokens=4)
     assert all(prompts.KB_INTRO in r["prompt"] for r in nes.rows)
+    assert "reused_from" not in out.meta and "reused_from" not in nes.meta
+    # the same student, prompts, caps and spec (06's variant equal to 08): the stored answers, copied
+    again = sx.evaluate_method("nesycd", str(tiny_model_dir), res.adapter_dir, recs, tmp_path / "eval_kb2",
+                               knowledge=lambda r: kb_text[r["uid"]], batch_size=2, max_new_tokens=4)
+    assert again.meta["reused_from"].startswith(str(res.adapter_dir.parent / "evals"))
+    assert [r["output"] for r in again.rows] == [r["output"] for r in nes.rows]
+    assert (tmp_path / "eval_kb2" / "samples.jsonl").read_bytes() == (tmp_path / "eval_kb" / "samples.jsonl").read_bytes()
+    # other inserted knowledge, another cap or another spec: evaluated anew
+    other_text = {u: t.replace("x", "z") for u, t in kb_text.items()}
+    assert sx.synth_task_spec(train_rows, tok, floor=8, margin=2.0).max_new_tokens_by_task != spec.max_new_tokens_by_task
+    for kw in ({"knowledge": lambda r: other_text[r["uid"]], "max_new_tokens": 4},
+               {"knowledge": lambda r: kb_text[r["uid"]], "max_new_tokens": 3},
+               {"knowledge": lambda r: kb_text[r["uid"]], "max_new_tokens": None, "spec": spec},
+               {"knowledge": lambda r: kb_text[r["uid"]], "max_new_tokens": None,   # differs from the last in caps
+                "spec": sx.synth_task_spec(train_rows, tok, floor=8, margin=2.0)}):
+        fresh = sx.evaluate_method("nesycd", str(tiny_model_dir), res.adapter_dir, recs, tmp_path / "eval_x", **kw)
+        assert "reused_from" not in fresh.meta, kw
     rows = sx.item_rows("std", out.rows, recs, world)
     assert [r["split"] for r in rows] == [r["split"] for r in recs]
     with pytest.raises(ConfigError, match="method="):

@@ -117,21 +117,34 @@ def skintern_stages(train_rows: list[dict], knowledge: dict[str, str], schedule,
 def evaluate_method(method: str, student: str, adapter_dir, records: list[dict], out_dir: Path, *,
                     knowledge=None, spec=None, batch_size: int = 16, max_new_tokens: int | None = None,
                     seed: int = 42):
-    """Evaluate a method's student (adapter merged, D20) with its inference prompt; writes
-    ``out_dir/samples.jsonl``. ``knowledge(record)`` gives retrieved passages (kard, kaft) or the
-    inserted KB text (nesycd); ``spec`` overrides the "synth" TaskSpec (e.g. synth_task_spec)."""
-    from nesylib.evaluate import evaluate
-    from nesylib.students import inference_prompts
-    from nesylib.train import load_student
+    """Evaluate a method's student (adapter merged, D20) with its inference prompt; ``out_dir``
+    gets ``samples.jsonl`` and ``summary.json``. ``knowledge(record)`` gives retrieved passages
+    (kard, kaft) or the inserted KB text (nesycd); ``spec`` overrides the "synth" TaskSpec (e.g.
+    synth_task_spec).
+
+    A trained student's evaluations are stored beside its adapter (``<student>/evals/``) under a
+    key of everything that decides the outputs, so a notebook that asks the same student the same
+    prompts (06's variant equal to 08's run) reuses them: ``result.meta["reused_from"]`` then names
+    the stored folder, and ``out_dir`` holds a copy."""
+    import shutil
+
+    from nesylib.nesycd import evaluate_cached
+    from nesylib.students import evaluate_student
 
     if method not in METHODS:
         raise ConfigError(f"method={method!r}; choose one of {sorted(METHODS)}")
-    build, two_stage = inference_prompts(METHODS[method], knowledge)
-    model, tok = load_student(student, adapter_dir)
-    return evaluate(model, tok, records, build, method=method, out_dir=out_dir, batch_size=batch_size,
-                    max_new_tokens=max_new_tokens, two_stage=two_stage,
-                    stage2_max_new_tokens=16 if two_stage else None, specs={"synth": spec} if spec else None,
-                    seed=seed, progress=False)
+    specs = {"synth": spec} if spec else None
+    kwargs = dict(knowledge=knowledge, batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed, specs=specs)
+    if adapter_dir is None:  # the base model: nothing to store it beside
+        return evaluate_student(METHODS[method], student, None, {"synth": records}, Path(out_dir), **kwargs)
+    result, folder, cached = evaluate_cached(METHODS[method], student, adapter_dir, {"synth": records},
+                                             Path(adapter_dir).parent / "evals", **kwargs)
+    out_dir = Path(out_dir)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    shutil.copytree(folder, out_dir)
+    if cached:
+        result.meta["reused_from"] = str(folder)
+    return result
 
 
 # ------------------------------------------------------------------------------------ analysis
