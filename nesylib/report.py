@@ -721,6 +721,32 @@ def caption(name: str, report: Report) -> str:
     ] + ([f"*Notes.* {'; '.join(report.notes)}."] if report.notes else [])) + "\n"
 
 
+def _paired_text(methods: pd.DataFrame) -> str:
+    """The paired differences against Std-CoT (same items) whose 95% interval excludes zero."""
+    d = methods[methods.diff_vs_std.notna() & methods.diff_ci_low.notna() & methods.diff_ci_high.notna()]
+    if d.empty:
+        return ""
+    apart = [f"{r.method} {100 * r.diff_vs_std:+.1f} points [{100 * r.diff_ci_low:+.1f}, {100 * r.diff_ci_high:+.1f}] "
+             f"on {r.split}" for r in d.itertuples() if r.diff_ci_low > 0 or r.diff_ci_high < 0]
+    if not apart:
+        return ("Paired against Std-CoT on the same items, every method's difference has a 95% interval that "
+                "includes zero.")
+    return (f"Paired against Std-CoT on the same items (a finer test than overlapping intervals), these differences "
+            f"exclude zero at 95%: {'; '.join(apart)}; the other {len(d) - len(apart)} include it.")
+
+
+def _prefill_text(methods: pd.DataFrame) -> str:
+    """Prompt cost per method relative to Std-CoT's question-only prompt on the same items."""
+    cost = {r.method_id: (r.method, r.prefill_tmacs) for r in methods.drop_duplicates("method_id").itertuples()
+            if not pd.isna(r.prefill_tmacs) and r.prefill_tmacs > 0}
+    if "std" not in cost or len(cost) < 2:
+        return ""
+    base = cost["std"][1]
+    parts = [f"{label} {v / base:.2f}x" for mid, (label, v) in cost.items() if mid != "std"]
+    return (f"*Compute.* Prefill MACs of the evaluated prompts relative to Std-CoT's question-only prompt on the "
+            f"same items: {', '.join(parts)}.")
+
+
 def _synthetic_caption(report: Report) -> str:
     nb = report.collected.notebooks[SYNTHETIC]
     t = report.synthetic
@@ -750,8 +776,9 @@ def _synthetic_caption(report: Report) -> str:
         "*What it can show:* whether a method answers from facts it could only have absorbed in training or been "
         "handed at test time: the world is invented, so no pretrained model knows any of its facts.",
         f"*What it cannot show:* {_precision_text(m.ci_low, m.ci_high, m.n, 'per-split accuracy')} {overlap} "
-        f"{_scale_text(students)} Results on an invented world need not transfer to the real benchmarks.",
-    ]) + "\n"
+        f"{_paired_text(m)} {_scale_text(students)} Results on an invented world need not transfer to the real "
+        "benchmarks.",
+    ] + ([_prefill_text(m)] if _prefill_text(m) else [])) + "\n"
 
 
 def _ablation_caption(report: Report) -> str:

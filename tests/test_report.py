@@ -64,11 +64,12 @@ def build(root: Path, stems=("00", "01", "03", "04", "05", "06", "08")) -> Path:
                            "ci_high": a + 0.05, "n": 15} for v, a in (("bm25", 0.5), ("dense", 0.2))]}})
     if "08" in stems:
         rows = []
-        for mid, label, acc in (("std", "Std-CoT", 0.3), ("nesycd", "NesyCD", 0.6)):
-            rows.append({"method": label, "method_id": mid, "no_answer_rate": 0.1, "prefill_tmacs": 0.01,
+        for mid, label, acc, tmacs in (("std", "Std-CoT", 0.3, 0.01), ("nesycd", "NesyCD", 0.6, 0.025)):
+            rows.append({"method": label, "method_id": mid, "no_answer_rate": 0.1, "prefill_tmacs": tmacs,
                          **{k: v for s in ("test", "ood") for k, v in
                             ((s, acc), (f"{s}_ci", [acc - 0.1, acc + 0.1]), (f"{s}_n", 24.0), (f"{s}_mc", acc),
                              (f"{s}_mc_ci", [acc - 0.1, acc + 0.1]))}})
+        rows[1].update(test_diff_vs_std=0.3, test_diff_ci=[0.1, 0.5], ood_diff_vs_std=0.3, ood_diff_ci=[-0.05, 0.6])
         rows.append({"method": "Co-occurrence heuristic", "method_id": "cooccurrence", "test": None, "test_ci": None,
                      "test_mc": 0.4, "test_mc_ci": [0.2, 0.6], "ood": None, "ood_mc": 0.3})
         rows.append({"method": "Chance", "method_id": "chance", "test": 0.2, "test_ci": None, "ood": 0.2})
@@ -209,6 +210,8 @@ def test_every_figure_is_a_png_with_a_caption_from_the_results(tmp_path):
     synth = (tmp_path / "fig" / "synthetic_accuracy.md").read_text()
     assert "test: 24 items evaluated" in synth and "split sizes train 90, test 24, ood 24" in synth
     assert "chance on test: 20.0%" in synth and "synth_config 'smoke'" in synth
+    assert "exclude zero at 95%: NesyCD +30.0 points [+10.0, +50.0] on test; the other 1 include it." in synth
+    assert "relative to Std-CoT's question-only prompt on the same items: NesyCD 2.50x." in synth
     abl = (tmp_path / "fig" / "ablations.md").read_text()
     assert "stages_T: T=1, T=3 (12 items each)" in abl and "retriever: bm25, dense (15 items each)" in abl
     assert "retriever: 1 of 1 variant pairs have disjoint intervals (bm25 > dense)." in abl
