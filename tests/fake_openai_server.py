@@ -53,6 +53,7 @@ class FakeOpenAIServer:
         self.paid: Counter = Counter()
         self.attempts: Counter = Counter()
         self.faults_seen: Counter = Counter()
+        self.bodies: dict[str, dict] = {}      # key -> the first request body seen with it
         self._faulted: Counter = Counter()
         self._httpd: ThreadingHTTPServer | None = None
 
@@ -136,6 +137,8 @@ class FakeOpenAIServer:
         if self.delay:
             time.sleep(self.delay)
         key = body_key(body)
+        with self.lock:
+            self.bodies.setdefault(key, body)
         fault = self._draw_fault(key)
         fast_retry = {"retry-after-ms": "5"}  # keep the client's backoff short in tests
         if fault == "429":
