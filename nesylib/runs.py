@@ -261,7 +261,9 @@ def run_preset(preset_name: str, only: list[str] | None = None, force: bool = Fa
     import papermill as pm
 
     preset = load_preset(preset_name)
-    root = Path(run_root or RUNS_DIR / preset["name"])
+    # absolute: the notebooks run with notebooks_dir as their working directory, where a relative
+    # run_root would point somewhere else than the done.json files written here
+    root = Path(run_root).resolve() if run_root else RUNS_DIR / preset["name"]
     root.mkdir(parents=True, exist_ok=True)
     nbs = list_notebooks(notebooks_dir)
     skip = set(preset.get("skip", []) or [])

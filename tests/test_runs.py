@@ -61,3 +61,19 @@ def test_every_preset_names_only_declared_parameters_and_prices_its_budgets():
         bad = dict(runs.load_preset("cpu"))
         bad["notebooks"] = {"05_baselines": {"methodz": ["std"]}}
         runs._declared_params(stems["05_baselines"], bad, "05_baselines")
+
+
+def test_a_relative_run_root_is_the_same_folder_for_the_runner_and_the_notebooks(tmp_path, monkeypatch):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _notebook(nbs / "00_first.ipynb", "from nesylib import runs\n"
+              "ctx = runs.start('00_first', dict(preset=preset, run_root=run_root, seed=seed))\n"
+              "ctx.save_results({'seed': seed})")
+    preset = tmp_path / "p.yaml"
+    preset.write_text("name: p\ncommon: {seed: 3}\n")
+    monkeypatch.chdir(tmp_path)
+    out = runs.run_preset(str(preset), run_root="rel/run", notebooks_dir=nbs, kernel="python3", log=lambda *_: None)
+    assert [o["status"] for o in out] == ["ran"]
+    assert runs.read_json(tmp_path / "rel" / "run" / "00_first" / "results.json") == {"seed": 3}
+    assert (tmp_path / "rel" / "run" / "00_first" / "done.json").is_file()
+    assert not (nbs / "rel").exists()  # the notebook's working directory got nothing
