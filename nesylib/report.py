@@ -769,6 +769,7 @@ def _synthetic_caption(report: Report) -> str:
                        if not pd.isna(r.accuracy))
     overlap = " ".join(_overlap_text(list(zip(e.method, e.accuracy, e.ci_low, e.ci_high)), f"{s} split")
                        for s, e in m.groupby("split", sort=False))
+    compute = _prefill_text(m)
     return "\n\n".join([
         f"**Synthetic knowledge-sparse benchmark.** Accuracy per method with 95% bootstrap intervals, one panel per "
         f"split (ood uses question templates unseen in training); dotted line: chance ({floors or 'not recorded'}).",
@@ -778,7 +779,7 @@ def _synthetic_caption(report: Report) -> str:
         f"*What it cannot show:* {_precision_text(m.ci_low, m.ci_high, m.n, 'per-split accuracy')} {overlap} "
         f"{_paired_text(m)} {_scale_text(students)} Results on an invented world need not transfer to the real "
         "benchmarks.",
-    ] + ([_prefill_text(m)] if _prefill_text(m) else [])) + "\n"
+    ] + ([compute] if compute else [])) + "\n"
 
 
 def _ablation_caption(report: Report) -> str:
