@@ -214,11 +214,14 @@ def evaluation_key(method: str, base: str, adapter_dir, eval_sets: dict[str, lis
 
 def evaluate_cached(method: str, base: str, adapter_dir, eval_sets: dict[str, list[dict]], cache_root, *,
                     knowledge=None, batch_size: int = 16, max_new_tokens: int | None = None, seed: int = 42,
-                    specs: dict | None = None):
+                    specs: dict | None = None, copy_to=None):
     """``students.evaluate_student`` into ``cache_root/<method>-<evaluation_key>``, or the stored
     result when that folder is complete (its summary.json is written last). Notebooks that
     evaluate the same student on the same prompts (S_P in 03 and Std-CoT in 05, NesyCD's S_E in
-    08 and 06) then pay once. Returns (EvalResult, folder, cached)."""
+    08 and 06) then pay once. ``copy_to``: a folder (replaced) that gets a copy of the evaluation,
+    so a run folder stays browsable. Returns (EvalResult, folder, cached)."""
+    import shutil
+
     from nesylib.data import read_jsonl
     from nesylib.evaluate import EvalResult
     from nesylib.students import evaluate_student
@@ -226,9 +229,14 @@ def evaluate_cached(method: str, base: str, adapter_dir, eval_sets: dict[str, li
     key = evaluation_key(method, base, adapter_dir, eval_sets, knowledge, max_new_tokens, seed, specs)
     out = Path(cache_root) / f"{method}-{key}"
     summary_file, samples = out / "summary.json", out / "samples.jsonl"
-    if summary_file.is_file() and samples.is_file():
+    cached = summary_file.is_file() and samples.is_file()
+    if cached:
         stored = json.loads(summary_file.read_text())
-        return EvalResult(read_jsonl(samples), stored["summary"], stored["meta"], samples), out, True
-    result = evaluate_student(method, base, adapter_dir, eval_sets, out, knowledge=knowledge, batch_size=batch_size,
-                              max_new_tokens=max_new_tokens, seed=seed, specs=specs)
-    return result, out, False
+        result = EvalResult(read_jsonl(samples), stored["summary"], stored["meta"], samples)
+    else:
+        result = evaluate_student(method, base, adapter_dir, eval_sets, out, knowledge=knowledge,
+                                  batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed, specs=specs)
+    if copy_to is not None:
+        shutil.rmtree(copy_to, ignore_errors=True)
+        shutil.copytree(out, copy_to)
+    return result, out, cached

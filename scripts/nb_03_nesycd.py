@@ -38,7 +38,6 @@ own_summary = True           # False: training summaries by leave-one-out retrie
 compare_sp = True            # evaluate S_P on the same slices (stored beside S_P, so 05 can reuse it)
 ablation_no_knowledge = True # evaluate S_E once more with P-STD prompts""",
     """import json
-import shutil
 from pathlib import Path
 
 import matplotlib
@@ -104,19 +103,18 @@ retrieval = pd.DataFrame([{
 } for r in test_recs]).groupby("dataset", sort=False).mean().round(3)
 retrieval.columns = ["share with knowledge inserted", "top hit from the same task"]
 retrieval""",
-    """def copy_eval(src, name):
+    """evals = {}
+
+
+def eval_copy(name):
     # evaluations are stored beside their student (shared, reusable); a copy here keeps this run browsable
-    dest = ctx.path("eval", name)
-    shutil.rmtree(dest, ignore_errors=True)
-    shutil.copytree(src, dest)
-    return dest
+    evals[name] = ctx.path("eval", name)
+    return evals[name]
 
 
-evals = {}
-res_kb, src, cached = nesycd.evaluate_cached("kb", student, se.adapter_dir, eval_sets, se_dir / "evals",
-                                             knowledge=lambda r: knowledge[r["uid"]], batch_size=eval_batch_size,
-                                             max_new_tokens=max_new_tokens, seed=seed)
-evals["kb"] = copy_eval(src, "kb")
+res_kb, _, cached = nesycd.evaluate_cached("kb", student, se.adapter_dir, eval_sets, se_dir / "evals",
+                                           knowledge=lambda r: knowledge[r["uid"]], batch_size=eval_batch_size,
+                                           max_new_tokens=max_new_tokens, seed=seed, copy_to=eval_copy("kb"))
 row = students.result_row("kb", res_kb, se.metrics, kb_entries=len(kb), tutor=kb_info["tutor"],
                           retriever=retriever, k_retrieve=k_retrieve, k_insert=k_insert, gate=gate,
                           own_summary=own_summary,
@@ -134,14 +132,14 @@ print(">>>", sample["output"][:600])""",
 if compare_sp:
     sp_adapter = kb_info["sp_adapter"]  # the S_P whose errors built this KB
     sp_metrics = json.loads((Path(sp_adapter).parent / "train_result.json").read_text())
-    res_sp, src, _ = nesycd.evaluate_cached("std", student, sp_adapter, eval_sets, Path(sp_adapter).parent / "evals",
-                                            batch_size=eval_batch_size, max_new_tokens=max_new_tokens, seed=seed)
-    evals["sp"] = copy_eval(src, "sp")
+    res_sp, _, _ = nesycd.evaluate_cached("std", student, sp_adapter, eval_sets, Path(sp_adapter).parent / "evals",
+                                          batch_size=eval_batch_size, max_new_tokens=max_new_tokens, seed=seed,
+                                          copy_to=eval_copy("sp"))
     ablation.append(students.result_row("std", res_sp, sp_metrics) | {"method": "S_P (Std-CoT)", "variant": "sp"})
 if ablation_no_knowledge:
-    res_nok, src, _ = nesycd.evaluate_cached("std", student, se.adapter_dir, eval_sets, se_dir / "evals",
-                                             batch_size=eval_batch_size, max_new_tokens=max_new_tokens, seed=seed)
-    evals["se_no_knowledge"] = copy_eval(src, "se_no_knowledge")
+    res_nok, _, _ = nesycd.evaluate_cached("std", student, se.adapter_dir, eval_sets, se_dir / "evals",
+                                           batch_size=eval_batch_size, max_new_tokens=max_new_tokens, seed=seed,
+                                           copy_to=eval_copy("se_no_knowledge"))
     ablation.append(students.result_row("kb", res_nok, se.metrics)
                     | {"method": "S_E without knowledge (P-STD)", "variant": "se_no_knowledge"})
 ablation.append(row | {"method": "S_E with KB (NesyCD)", "variant": "se_kb"})

@@ -126,8 +126,6 @@ def evaluate_method(method: str, student: str, adapter_dir, records: list[dict],
     key of everything that decides the outputs, so a notebook that asks the same student the same
     prompts (06's variant equal to 08's run) reuses them: ``result.meta["reused_from"]`` then names
     the stored folder, and ``out_dir`` holds a copy."""
-    import shutil
-
     from nesylib.nesycd import evaluate_cached
     from nesylib.students import evaluate_student
 
@@ -138,10 +136,7 @@ def evaluate_method(method: str, student: str, adapter_dir, records: list[dict],
     if adapter_dir is None:  # the base model: nothing to store it beside
         return evaluate_student(METHODS[method], student, None, {"synth": records}, Path(out_dir), **kwargs)
     result, folder, cached = evaluate_cached(METHODS[method], student, adapter_dir, {"synth": records},
-                                             Path(adapter_dir).parent / "evals", **kwargs)
-    out_dir = Path(out_dir)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    shutil.copytree(folder, out_dir)
+                                             Path(adapter_dir).parent / "evals", copy_to=Path(out_dir), **kwargs)
     if cached:
         result.meta["reused_from"] = str(folder)
     return result
