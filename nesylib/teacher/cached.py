@@ -8,15 +8,26 @@ Every consumer (CoT generation, NesyCD error analysis, SKIntern knowledge) recei
 3. misses go to the backend in chunks of ``backend.batch_size`` on a thread pool of
    ``concurrency`` workers (1 when the backend is not ``parallel``, e.g. a local model);
 4. each reply is stored the moment it arrives (a killed run loses only calls in flight);
-5. a failed, empty or malformed reply is stored as a failure and retried by policy
-   (``policy_retries`` extra attempts, exponential backoff); transport-level retries on
-   429/5xx/timeouts happen inside the backend (the ``openai`` client's own ``max_retries``);
-6. before each new paid call the run's spend is checked against ``budget_usd``; once reached,
+5. every failed attempt (429, 5xx, timeout, refused or dropped connection, malformed, empty or
+   filtered reply) is stored as a failure and retried under ONE policy: ``policy_retries``
+   extra attempts (default: the backend's ``max_retries``, else 6), exponential backoff from
+   ``retry_backoff_s`` (at most ``max_backoff_s``), or the server's Retry-After when it sent one;
+6. a circuit breaker watches replies that never arrived (connection failed, timed out): after
+   ``breaker_failures`` of them in a row, or two in a row ``breaker_window_s`` apart, no new call
+   starts and ``TeacherUnreachable`` is raised naming the endpoint and the last error. Any reply
+   (even an error status or a malformed body) resets the count, and a call that failed although
+   the server answered another call while it was out does not count: the server is up;
+7. before each new paid call the run's spend is checked against ``budget_usd``; once reached,
    no new call starts and ``BudgetExceeded`` is raised after the calls in flight are stored.
+
+A request still failed after its retries is counted in ``summary.unresolved``; callers decide
+whether that fails the run (``nesylib teach`` exits non-zero). The next run with the same store
+asks exactly those calls again: only successes are ever served from the store.
 """
 from __future__ import annotations
 
 import hashlib
+import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +44,17 @@ class TeacherError(NesylibError):
 
 class BudgetExceeded(TeacherError):
     """The run's spend reached its cap; stored calls remain servable."""
+
+
+class TeacherUnreachable(TeacherError):
+    """The endpoint gave no reply several times in a row (refused, dropped, timed out): the run stops."""
+
+
+class TeacherIncomplete(TeacherError):
+    """Some teacher calls are still unresolved after their retries, or some items got no reply at all."""
+
+
+DEFAULT_RETRIES = 6
 
 
 class PriceTable:
@@ -102,11 +124,19 @@ class CachedTeacher:
 
     def __init__(self, backend, store: CallStore | None = None, *, concurrency: int = 8,
                  budget_usd: float | None = None, price_table: PriceTable | dict | None = None,
-                 policy_retries: int = 2, retry_backoff_s: float = 1.0, keep_prompts: bool = False):
+                 policy_retries: int | None = None, retry_backoff_s: float = 1.0, keep_prompts: bool = False,
+                 max_backoff_s: float = 30.0, breaker_failures: int = 3, breaker_window_s: float = 120.0):
         if concurrency < 1:
             raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
+        if policy_retries is None:
+            policy_retries = getattr(backend, "max_retries", DEFAULT_RETRIES)
         if policy_retries < 0:
             raise ConfigError(f"policy_retries must be >= 0, got {policy_retries}")
+        if breaker_failures < 1:
+            raise ConfigError(f"breaker_failures must be >= 1, got {breaker_failures}")
+        if retry_backoff_s < 0 or max_backoff_s < 0 or breaker_window_s <= 0:
+            raise ConfigError(f"retry_backoff_s and max_backoff_s must be >= 0 and breaker_window_s > 0, got "
+                              f"{retry_backoff_s}, {max_backoff_s}, {breaker_window_s}")
         self.backend = backend
         self.store = store if store is not None else CallStore(None)
         self.prices = price_table if isinstance(price_table, PriceTable) else PriceTable(price_table)
@@ -124,7 +154,13 @@ class CachedTeacher:
         self.batch_size = max(1, int(getattr(backend, "batch_size", 1)))
         self.policy_retries = policy_retries
         self.retry_backoff_s = retry_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.breaker_failures = breaker_failures
+        self.breaker_window_s = breaker_window_s
         self.keep_prompts = keep_prompts
+        self._streak = 0                    # replies that never arrived, in a row (any reply resets it)
+        self._streak_t0 = 0.0
+        self._last_reply = float("-inf")    # when the backend last gave any reply (monotonic clock)
         self.summary = RunSummary(teacher=self.name, budget_usd=budget_usd)
         self._acct = threading.Lock()
         self._t0 = time.monotonic()
@@ -152,7 +188,8 @@ class CachedTeacher:
                     self.summary.cache_hits += 1
             else:
                 pending.setdefault(k, _Pending(k, req)).waiting.append(i)
-        state: dict = {"abort": None}  # first fatal error or budget stop of this batch
+        # first fatal error, budget stop or breaker trip of this batch; "stop" wakes retry waits
+        state: dict = {"abort": None, "stop": threading.Event()}
         todo = list(pending.values())
         chunks = [todo[i:i + self.batch_size] for i in range(0, len(todo), self.batch_size)]
         if self.concurrency > 1 and len(chunks) > 1:
@@ -173,21 +210,56 @@ class CachedTeacher:
             raise state["abort"]
         return replies  # type: ignore[return-value]
 
+    def _abort(self, state: dict, error: Exception) -> None:
+        with self._acct:
+            state["abort"] = state["abort"] or error
+        state["stop"].set()
+
+    def _delay(self, left: list[_Pending], attempt: int) -> float:
+        """Seconds before retry ``attempt``: the server's Retry-After, else jittered exponential backoff."""
+        asked = [p.reply.retry_after_s for p in left if p.reply is not None and p.reply.retry_after_s is not None]
+        if asked:
+            return max(asked)
+        return min(self.retry_backoff_s * 2 ** (attempt - 1), self.max_backoff_s) * (1 - 0.25 * random.random())
+
+    def _breaker(self, rep: TeacherReply, sent: float) -> TeacherUnreachable | None:
+        """Feed one attempt (sent at ``sent``) to the circuit breaker; the error to stop with once it trips."""
+        now = time.monotonic()
+        with self._acct:
+            if not rep.unreachable:
+                self._streak, self._last_reply = 0, now
+                return None
+            if self._last_reply > sent:
+                return None  # the server answered another call while this one was out: it is up
+            if self._streak == 0:
+                self._streak_t0 = now
+            self._streak += 1
+            n, age = self._streak, now - self._streak_t0
+        if n < self.breaker_failures and not (n >= 2 and age >= self.breaker_window_s):
+            return None
+        endpoint = getattr(self.backend, "endpoint", None) or self.name
+        return TeacherUnreachable(
+            f"teacher endpoint {endpoint} is unreachable: {n} calls in a row got no reply (connection failed or "
+            f"timed out) over {age:.1f} s; last error: {rep.error}. No new calls were started. Check that the "
+            f"server is running and that base_url is right, then rerun: stored calls are not repeated.")
+
     def _run_chunk(self, chunk: list[_Pending], state: dict) -> None:
         left = list(chunk)
         for attempt in range(self.policy_retries + 1):
             if not left or state["abort"] is not None:
                 break
-            if attempt:
-                time.sleep(min(self.retry_backoff_s * 2 ** (attempt - 1), 30.0))
+            if attempt and state["stop"].wait(self._delay(left, attempt)):
+                break  # the batch is stopping: start no new call
             if self.paid and self.budget_usd is not None:
                 with self._acct:
-                    if self.summary.cost_usd >= self.budget_usd:
-                        state["abort"] = BudgetExceeded(
-                            f"budget of ${self.budget_usd:g} reached (spent ${self.summary.cost_usd:.4f} in this "
-                            f"run); no new calls were started. Stored calls are still served: raise "
-                            f"budget_usd to continue.")
-                        break
+                    over = self.summary.cost_usd >= self.budget_usd
+                if over:
+                    self._abort(state, BudgetExceeded(
+                        f"budget of ${self.budget_usd:g} reached (spent ${self.summary.cost_usd:.4f} in this "
+                        f"run); no new calls were started. Stored calls are still served: raise "
+                        f"budget_usd to continue."))
+                    break
+            sent = time.monotonic()
             try:
                 got = self.backend.complete([p.request for p in left])
                 if len(got) != len(left):
@@ -196,8 +268,7 @@ class CachedTeacher:
                 for p in left:
                     p.reply = TeacherReply(text=None, ok=False, error=str(e))
                     self._record(p, p.reply, attempt)
-                with self._acct:
-                    state["abort"] = state["abort"] or e
+                self._abort(state, e)
                 break
             retry = []
             for p, rep in zip(left, got):
@@ -208,6 +279,9 @@ class CachedTeacher:
                 p.reply = rep
                 if not rep.ok:
                     retry.append(p)
+                tripped = self._breaker(rep, sent)
+                if tripped is not None:
+                    self._abort(state, tripped)
             left = retry
         with self._acct:
             self.summary.unresolved += sum(1 for p in left if p.reply is None or not p.reply.ok)

@@ -13,6 +13,11 @@ Examples::
 Writes ``--out`` (JSONL records with ``rationale`` and ``provenance``), ``<out>.stats.json``
 (per-task acceptance) and, for live backends, ``<out>.summary.json`` (calls, cache hits,
 failures, tokens, cost). A rerun with the same ``--store`` pays nothing for stored calls.
+
+Exit status: 0 when every call got a reply; 1 when some calls are still unresolved after their
+retries or some items failed (no call for them got a reply): what was accepted is written, and
+a rerun with the same ``--store`` asks exactly the missing calls again; 2 on an error that stops
+the run (bad key, unreachable endpoint, budget reached, bad arguments).
 """
 from __future__ import annotations
 
@@ -42,9 +47,15 @@ def add_teach_parser(subparsers) -> argparse.ArgumentParser:
                         "the key itself is never a flag and is never written anywhere")
     g.add_argument("--timeout", type=float, default=120.0, help="openai: seconds per HTTP request (default 120)")
     g.add_argument("--max-retries", type=int, default=6,
-                   help="openai: client retries on 429/5xx/timeouts, exponential backoff (default 6)")
-    g.add_argument("--policy-retries", type=int, default=2,
-                   help="extra attempts for failed, empty or malformed replies (default 2)")
+                   help="extra attempts for every retryable fault: HTTP 429/5xx, timeouts, failed connections, "
+                        "malformed, empty or filtered replies (default 6)")
+    g.add_argument("--policy-retries", type=int, default=None,
+                   help="older name of --max-retries (overrides it when given)")
+    g.add_argument("--retry-backoff", type=float, default=1.0,
+                   help="seconds before the first retry, doubling up to 30 (default 1; a server's Retry-After wins)")
+    g.add_argument("--breaker-failures", type=int, default=3,
+                   help="stop the run after this many calls in a row got no reply at all (connection failed or "
+                        "timed out), naming the endpoint (default 3)")
     g.add_argument("--concurrency", type=int, default=8, help="parallel API calls (default 8; local runs 1)")
     g.add_argument("--batch-size", type=int, default=8, help="local: generation batch size (default 8)")
     d = p.add_argument_group("data")
@@ -110,7 +121,7 @@ def run_teach(args) -> int:
     from nesylib.teacher.cot import SampleSchedule, generate_rationales, replay_rationales, stats_path_for
     from nesylib.teacher.factory import teacher_from_params
 
-    for flag in ("concurrency", "samples", "max_rounds", "max_tokens"):
+    for flag in ("concurrency", "samples", "max_rounds", "max_tokens", "breaker_failures"):
         if getattr(args, flag) < 1:
             raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.limit is not None and args.limit < 1:
@@ -127,7 +138,8 @@ def run_teach(args) -> int:
                                       budget_usd=args.budget_usd, price_table=_price_table(args),
                                       timeout=args.timeout, max_retries=args.max_retries,
                                       policy_retries=args.policy_retries, batch_size=args.batch_size,
-                                      data_dir=args.data_dir)
+                                      data_dir=args.data_dir, retry_backoff_s=args.retry_backoff,
+                                      breaker_failures=args.breaker_failures)
         if args.import_store:
             print(f"imported {teacher.store.import_file(args.import_store)} stored calls from {args.import_store}")
         schedule = SampleSchedule(n0=args.samples, t0=args.temperature, n_max=max(10, args.samples),
@@ -150,6 +162,15 @@ def run_teach(args) -> int:
         print(f"{row['task']:<42} {row['items']:>6} {row['accepted']:>6} {row['wrong']:>6} {row['no_marker']:>6} "
               f"{row['failed']:>6} {row['rate']:>6.1%}")
     print(f"wrote {len(result.records)} rationales to {out} (stats: {stats_path_for(out)})")
+    if teacher is not None:
+        from nesylib.teacher.cot import incomplete_message
+
+        msg = incomplete_message(result, teacher.summary)
+        if msg:
+            hint = ("rerun the same command to ask exactly those calls again (stored ones are free)" if args.store
+                    else "pass --store FILE to keep the successful calls, then rerun to ask only the rest")
+            print(f"error: {msg}; {hint}", file=sys.stderr)
+            return 1
     return 0
 
 

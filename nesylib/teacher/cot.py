@@ -19,7 +19,6 @@ A rationale is the teacher text cut after its first ``Therefore, the answer is X
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -142,18 +141,15 @@ class RationaleSet:
 
     def save(self, path: str | Path) -> Path:
         """Write the accepted records as JSONL (atomic) and a ``.stats.json`` beside them."""
+        from nesylib.atomic import atomic_file, write_text
+
         path = Path(path).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_file(path) as f:  # temporary names unique to this writer
             for r in self.records:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
         stats = {"teacher": self.teacher, "prompt_version": self.prompt_version, "tasks": self.table(),
                  "rejected": self.rejected}
-        tmp = stats_path_for(path).with_suffix(".tmp")
-        tmp.write_text(json.dumps(stats, indent=1, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, stats_path_for(path))
+        write_text(stats_path_for(path), json.dumps(stats, indent=1, ensure_ascii=False))
         return path
 
 
@@ -267,3 +263,34 @@ def replay_rationales(records: list[dict], source: str = "auto", judge: Callable
     one = SampleSchedule(n0=1, t0=0.0, n_max=1, max_rounds=1)  # recorded outputs were greedy
     return generate_rationales(records, teacher, schedule=one, judge=judge, prompt_fn=lambda r: "",
                                prompt_version=teacher.prompt_version)
+
+
+def incomplete_message(rset: RationaleSet, summary=None) -> str | None:
+    """Why a generation run is incomplete (unresolved calls, failed items), or None when it is not.
+
+    ``summary``: the ``CachedTeacher``'s ``RunSummary`` (None for teachers without one).
+    """
+    unresolved = int(getattr(summary, "unresolved", 0) or 0)
+    tot = rset.totals()
+    if not unresolved and not tot.failed:
+        return None
+    parts = []
+    if unresolved:
+        parts.append(f"{unresolved} of {summary.requests} teacher requests are unresolved after their retries")
+    if tot.failed:
+        parts.append(f"{tot.failed} of {tot.items} items failed (no call for them got a reply)")
+    return f"teacher {rset.teacher}: " + " and ".join(parts) + f"; {tot.accepted} rationales were accepted and saved"
+
+
+def check_complete(rset: RationaleSet, summary=None) -> None:
+    """Raise ``TeacherIncomplete`` (naming the counts) when ``incomplete_message`` finds something.
+
+    Call it after saving the accepted rationales: a rerun over the same call store then pays only
+    for the calls that failed.
+    """
+    from nesylib.teacher.cached import TeacherIncomplete
+
+    msg = incomplete_message(rset, summary)
+    if msg:
+        raise TeacherIncomplete(f"{msg}. Rerun to ask exactly the missing calls again: stored calls are served "
+                                "for free.")

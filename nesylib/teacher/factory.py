@@ -11,14 +11,20 @@ BACKENDS = ("openai", "local", "replay")
 def teacher_from_params(backend: str, model: str | None = None, base_url: str | None = None,
                         api_key_env: str = "OPENAI_API_KEY", store_path: str | Path | None = None,
                         concurrency: int = 8, budget_usd: float | None = None, price_table: dict | None = None,
-                        *, timeout: float = 120.0, max_retries: int = 6, policy_retries: int = 2,
-                        batch_size: int = 8, keep_prompts: bool = False, data_dir=None):
+                        *, timeout: float = 120.0, max_retries: int = 6, policy_retries: int | None = None,
+                        batch_size: int = 8, keep_prompts: bool = False, data_dir=None, retry_backoff_s: float = 1.0,
+                        breaker_failures: int = 3, breaker_window_s: float = 120.0):
     """A ``Teacher`` for ``backend``:
 
     * ``"openai"``: any OpenAI-compatible endpoint (``base_url``; key from ``$api_key_env``),
       wrapped in a ``CachedTeacher`` over the store at ``store_path`` (in memory if None).
     * ``"local"``: a transformers chat model (default ``smollm2-135m``), cached the same way.
     * ``"replay"``: recorded outputs; ``model`` is the source ("codex", "gsm8k" or "auto").
+
+    Every retryable fault (HTTP 429/5xx, timeouts, failed connections, malformed or empty replies)
+    gets the same ``max_retries`` extra attempts (at most 2 for a local model, whose seeded sampling
+    repeats itself; ``policy_retries``, if given, overrides both: an older name of the same count). After ``breaker_failures`` calls in a row with no reply at all,
+    the run stops with ``TeacherUnreachable`` naming ``base_url`` (see ``CachedTeacher``).
 
     Parameters hold no secret: the key is read from the environment by the backend.
     """
@@ -45,5 +51,10 @@ def teacher_from_params(backend: str, model: str | None = None, base_url: str | 
             raise ConfigError("base_url applies to the openai backend only (a local model has no URL)")
         inner = LocalBackend(model or "smollm2-135m", batch_size=batch_size)
     store = CallStore(store_path) if store_path else None
+    if policy_retries is None:
+        # a local model draws the same text again for the same request (seeded), so retrying it rarely helps
+        policy_retries = max_retries if backend == "openai" else min(max_retries, 2)
     return CachedTeacher(inner, store, concurrency=concurrency, budget_usd=budget_usd, price_table=price_table,
-                         policy_retries=policy_retries, keep_prompts=keep_prompts)
+                         policy_retries=policy_retries,
+                         keep_prompts=keep_prompts, retry_backoff_s=retry_backoff_s,
+                         breaker_failures=breaker_failures, breaker_window_s=breaker_window_s)

@@ -1,11 +1,13 @@
 """Backend for any OpenAI-compatible chat endpoint (OpenAI, vLLM, Ollama, llama.cpp server).
 
-Transport errors (429, 5xx, 408/409, timeouts, dropped connections) are retried by the
-``openai`` client itself (``max_retries`` with exponential backoff, honouring Retry-After).
-What is left after those retries, and replies that arrive but are unusable (malformed JSON,
-no choices, empty text, content filter), come back as failed ``TeacherReply``s for the policy
-retry in ``CachedTeacher``. Errors that retrying cannot fix (bad key, unknown model, rejected
-request) raise ``TeacherError`` so a run stops at once instead of failing every item.
+One HTTP attempt per call: the ``openai`` client's own retries are off. Every retryable fault
+(429, 5xx, timeouts, refused or dropped connections, malformed JSON, no choices, empty text,
+content filter) comes back as a failed ``TeacherReply`` and is retried by the one retry policy
+of ``CachedTeacher`` (``max_retries`` extra attempts, exponential backoff, a server's
+Retry-After honoured). Replies that never arrived (connection failed, timed out) are marked
+``unreachable``: they feed ``CachedTeacher``'s circuit breaker, which stops the run and names
+``endpoint`` once the server looks down. Errors that retrying cannot fix (bad key, unknown
+model, rejected request) raise ``TeacherError`` so a run stops at once instead of failing every item.
 
 The API key is read from an environment variable (name configurable) when the backend is
 created and handed to the client only; it is scrubbed from every error message.
@@ -31,7 +33,10 @@ class OpenAIBackend:
     paid = True
 
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                 timeout: float = 120.0, max_retries: int = 6, max_tokens_field: str = "max_tokens"):
+                 timeout: float = 120.0, max_retries: int = 6, max_tokens_field: str = "max_tokens",
+                 connect_timeout: float = 10.0):
+        """``timeout``: seconds per HTTP attempt (``connect_timeout`` at most to open the connection).
+        ``max_retries``: the retry count this backend asks of ``CachedTeacher`` (which does every retry)."""
         if not model:
             raise ConfigError("model: an OpenAI-compatible backend needs a model name (e.g. gpt-4o-mini)")
         if max_tokens_field not in ("max_tokens", "max_completion_tokens"):
@@ -44,13 +49,20 @@ class OpenAIBackend:
                                   f"not set. Export it (or name another variable with api_key_env), or give "
                                   f"base_url for a local server that needs no key.")
             key = NO_KEY_PLACEHOLDER
+        if max_retries < 0:
+            raise ConfigError(f"max_retries must be >= 0, got {max_retries}")
+        import httpx
         from openai import OpenAI
 
         self.model = model
         self.name = f"openai:{model}"
         self.max_tokens_field = max_tokens_field
+        self.max_retries = max_retries
         self._secret = key if key != NO_KEY_PLACEHOLDER else None
-        self._client = OpenAI(api_key=key, base_url=base_url, timeout=timeout, max_retries=max_retries)
+        # max_retries=0: one attempt per call; CachedTeacher retries every fault under one policy
+        self._client = OpenAI(api_key=key, base_url=base_url, max_retries=0,
+                              timeout=httpx.Timeout(timeout, connect=min(timeout, connect_timeout)))
+        self.endpoint = str(self._client.base_url).rstrip("/")
 
     def __repr__(self) -> str:  # never show the client (it holds the key)
         return f"OpenAIBackend(model={self.model!r})"
@@ -77,12 +89,13 @@ class OpenAIBackend:
             # Retrying cannot fix these; report without the chained exception (it carries the request).
             raise TeacherError(self._scrub(f"{self.name}: request rejected with HTTP {e.status_code}: "
                                            f"{_message(e)}")) from None
-        except openai.APIStatusError as e:  # 429/5xx left after the client's own retries
-            return self._fail(f"HTTP {e.status_code} after retries: {_message(e)}")
+        except openai.APIStatusError as e:  # 429, 5xx, ...: retried by CachedTeacher
+            return self._fail(f"HTTP {e.status_code}: {_message(e)}", retry_after_s=_retry_after(e))
         except openai.APITimeoutError:
-            return self._fail("timed out after retries")
+            return self._fail("timed out", unreachable=True)
         except openai.APIConnectionError as e:
-            return self._fail(f"connection failed after retries: {type(e.__cause__ or e).__name__}")
+            cause = e.__cause__ or e
+            return self._fail(f"connection failed: {type(cause).__name__}: {str(cause)[:200]}", unreachable=True)
         except (json.JSONDecodeError, openai.APIResponseValidationError, ValueError) as e:
             return self._fail(f"malformed response: {type(e).__name__}: {str(e)[:200]}")
         if isinstance(resp, str) or not getattr(resp, "choices", None):
@@ -101,8 +114,22 @@ class OpenAIBackend:
         return TeacherReply(text=text, ok=True, prompt_tokens=pt, completion_tokens=ct,
                             finish_reason=choice.finish_reason)
 
-    def _fail(self, error: str) -> TeacherReply:
-        return TeacherReply(text=None, ok=False, error=self._scrub(f"{self.name}: {error}"))
+    def _fail(self, error: str, unreachable: bool = False, retry_after_s: float | None = None) -> TeacherReply:
+        return TeacherReply(text=None, ok=False, error=self._scrub(f"{self.name}: {error}"), unreachable=unreachable,
+                            retry_after_s=retry_after_s)
+
+
+def _retry_after(e) -> float | None:
+    """The server's Retry-After (``retry-after-ms`` or ``retry-after`` in seconds), if sane (0-60 s)."""
+    headers = getattr(getattr(e, "response", None), "headers", None) or {}
+    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+        try:
+            value = float(headers.get(name)) * scale
+        except (TypeError, ValueError):
+            continue
+        if 0 <= value <= 60:
+            return value
+    return None
 
 
 def _message(e) -> str:

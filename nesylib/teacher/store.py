@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from nesylib.atomic import atomic_file
 from nesylib.errors import DataError
 from nesylib.teacher.base import TeacherRequest
 
@@ -217,12 +218,10 @@ class CallStore:
                 with self._flock(fcntl.LOCK_SH):
                     self._refresh()
             rows = list(self.records()) if include_failures else list(self._ok.values())
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".tmp")
-        with _open_text(tmp, "w", gz=str(dest).endswith(".gz")) as f:
+        gz = str(dest).endswith(".gz")
+        with atomic_file(dest, opener=lambda tmp, mode: _open_text(tmp, mode, gz=gz)) as f:  # unique temp name
             for r in rows:
                 f.write(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n")
-        os.replace(tmp, dest)
         return len(rows)
 
     def import_file(self, src: str | Path) -> int:
