@@ -10,6 +10,8 @@ Multi-task methods return two Examples per record that share the record's uid, w
 """
 from __future__ import annotations
 
+import dataclasses
+
 from nesylib import prompts
 from nesylib.errors import ConfigError, DataError
 from nesylib.prompts import Example
@@ -76,27 +78,33 @@ def examples_for(method: str, records: list[dict], knowledge: dict | None = None
         raise ConfigError(f"method={method!r} needs `knowledge`: a dict uid -> {_NEEDS_KNOWLEDGE[method]}")
     out: list[Example] = []
     for r in records:
-        uid = r.get("uid", "")
-        if method == "std":
-            out.append(Example(prompts.std(r), _rationale(r), "main", uid))
-        elif method == "ft":
-            out.append(Example(prompts.ft(r), _gold(r), "main", uid))
-        elif method == "kard":
-            out.append(Example(prompts.kard(r, _knowledge_for(r, knowledge, method)), _rationale(r), "main", uid))
-        elif method == "kaft":
-            out.append(Example(prompts.kaft(r, _knowledge_for(r, knowledge, method)), _gold(r), "main", uid))
-        elif method == "kb":
-            out.append(Example(prompts.kb(r, _knowledge_for(r, knowledge, method)), _rationale(r), "main", uid))
-        elif method == "mt-cot":
-            _, answer = _split(r)  # validates the answer part before the full response is used
-            p_rat, p_ans = prompts.mt_cot(r)
-            out += [Example(p_rat, _rationale(r), "rationale", uid), Example(p_ans, answer, "answer", uid)]
-        elif method == "mt-re":
-            rationale, answer = _split(r)
-            p_rat, p_ans = prompts.mt_re(r)
-            out += [Example(p_rat, rationale, "rationale", uid), Example(p_ans, answer, "answer", uid)]
-        else:  # cascod: stage 2 conditions on the gold-teacher rationale (D18 layout)
-            rationale, answer = _split(r)
-            out += [Example(prompts.cascod(r), rationale, "rationale", uid),
-                    Example(prompts.cascod(r, rationale), answer, "answer", uid)]
+        out += _examples_one(method, r, knowledge)
+    return [dataclasses.replace(e, kind=method) for e in out]
+
+
+def _examples_one(method: str, r: dict, knowledge: dict | None) -> list[Example]:
+    out: list[Example] = []
+    uid = r.get("uid", "")
+    if method == "std":
+        out.append(Example(prompts.std(r), _rationale(r), "main", uid))
+    elif method == "ft":
+        out.append(Example(prompts.ft(r), _gold(r), "main", uid))
+    elif method == "kard":
+        out.append(Example(prompts.kard(r, _knowledge_for(r, knowledge, method)), _rationale(r), "main", uid))
+    elif method == "kaft":
+        out.append(Example(prompts.kaft(r, _knowledge_for(r, knowledge, method)), _gold(r), "main", uid))
+    elif method == "kb":
+        out.append(Example(prompts.kb(r, _knowledge_for(r, knowledge, method)), _rationale(r), "main", uid))
+    elif method == "mt-cot":
+        _, answer = _split(r)  # validates the answer part before the full response is used
+        p_rat, p_ans = prompts.mt_cot(r)
+        out += [Example(p_rat, _rationale(r), "rationale", uid), Example(p_ans, answer, "answer", uid)]
+    elif method == "mt-re":
+        rationale, answer = _split(r)
+        p_rat, p_ans = prompts.mt_re(r)
+        out += [Example(p_rat, rationale, "rationale", uid), Example(p_ans, answer, "answer", uid)]
+    else:  # cascod: stage 2 conditions on the gold-teacher rationale (D18 layout)
+        rationale, answer = _split(r)
+        out += [Example(prompts.cascod(r), rationale, "rationale", uid),
+                Example(prompts.cascod(r, rationale), answer, "answer", uid)]
     return out

@@ -111,8 +111,11 @@ def inter(record: dict, knowledge: str, demos: list[dict]) -> str:
 
 @dataclass(frozen=True)
 class Example:
-    """One supervised sequence: loss on ``target`` only; ``group`` names its loss term."""
+    """One supervised sequence: loss on ``target`` only; ``group`` names its loss term; ``kind`` names
+    the training format it comes from (e.g. "kb", "std", "ft" in NesyCD's S_E set), so that length
+    grouping can keep every batch a mix of the formats instead of single-format batches."""
     prompt: str
     target: str
     group: str = "main"
     uid: str = ""
+    kind: str = ""

@@ -25,6 +25,7 @@ class Sequence:
     input_ids: tuple[int, ...]
     labels: tuple[int, ...]
     group: int  # index into the run's group names
+    kind: int = 0  # index into the run's example kinds (training formats)
 
     @property
     def n_target(self) -> int:
@@ -62,12 +63,14 @@ def encode_pair(prompt_ids: list[int], target_ids: list[int], eos_id: int, cutof
 
 
 def encode_items(tokenizer, examples: list[Example], groups: list[str], cutoff_len: int,
-                 add_bos: bool = False) -> tuple[list[list[Sequence]], TruncationStats]:
+                 add_bos: bool = False, kinds: list[str] | None = None) -> tuple[list[list[Sequence]], TruncationStats]:
     """Tokenise Examples and pair the groups of one record into items (see module docstring).
 
     Examples of group "main" are items of their own. Other groups are joined by uid: each uid
-    forms one item holding at most one sequence per group.
+    forms one item holding at most one sequence per group. ``kinds`` (the run's example kinds)
+    numbers each sequence's ``kind``; None numbers them all 0.
     """
+    kidx = {k: i for i, k in enumerate(kinds or [])}
     if tokenizer.eos_token_id is None:
         raise DataError("the tokenizer has no eos_token: the target's EOS cannot be appended (§2.2)")
     if add_bos and tokenizer.bos_token_id is None:
@@ -89,7 +92,7 @@ def encode_items(tokenizer, examples: list[Example], groups: list[str], cutoff_l
             stats.target_truncated += 1
         elif kind == "prompt":
             stats.prompt_truncated += 1
-        seq = Sequence(tuple(ids), tuple(labels), gidx[ex.group])
+        seq = Sequence(tuple(ids), tuple(labels), gidx[ex.group], kidx.get(ex.kind, 0))
         if ex.group == "main":
             items.append([seq])
             continue
@@ -107,30 +110,53 @@ def encode_items(tokenizer, examples: list[Example], groups: list[str], cutoff_l
 
 
 def item_order(n_items: int, n_draws: int, seed: int, stage: int, lengths: list[int] | None = None,
-               batch_size: int = 1) -> list[int]:
+               batch_size: int = 1, kinds: list[int] | None = None) -> list[int]:
     """``n_draws`` indices into ``range(n_items)``: consecutive seeded permutations (one per pass).
 
     With ``lengths`` (length grouping), each run of 50 batches is sorted by length, cut into
     batches, and the batches are shuffled (seeded): a batch holds items of similar length, so little
     of it is padding, while the order of batches stays random (sorted runs alone would put every
     short item, e.g. all answer-only targets, at the end of training).
+
+    With ``kinds`` (each item's training format) holding more than one kind, each kind is sorted by
+    length on its own and the kinds are interleaved in proportion before the cut: every batch then
+    mixes the formats in their share of the data, where sorting the mixture would give
+    single-format batches (all the short answer-only items together).
     """
     order: list[int] = []
     rep = 0
     while len(order) < n_draws:
         perm = np.random.default_rng([seed, stage, rep]).permutation(n_items).tolist()
         if lengths is not None:  # within one pass, so that a batch never holds the same item twice
-            perm = _group_by_length(perm, lengths, batch_size, [seed, stage, rep])
+            perm = _group_by_length(perm, lengths, batch_size, [seed, stage, rep], kinds)
         order += perm
         rep += 1
     return order[:n_draws]
 
 
-def _group_by_length(perm: list[int], lengths: list[int], batch_size: int, seed: list[int]) -> list[int]:
+def _interleave_by_kind(run: list[int], lengths: list[int], kinds: list[int]) -> list[int]:
+    """Each kind's items longest first, merged so that kind k's i-th item sits at the relative
+    position (i + 0.5) / n_k: consecutive items come from every kind in proportion."""
+    by_kind: dict[int, list[int]] = {}
+    for k in run:
+        by_kind.setdefault(kinds[k], []).append(k)
+    keyed = []
+    for kind, members in by_kind.items():
+        members.sort(key=lambda k: -lengths[k])
+        keyed += [((i + 0.5) / len(members), kind, k) for i, k in enumerate(members)]
+    return [k for _, _, k in sorted(keyed)]
+
+
+def _group_by_length(perm: list[int], lengths: list[int], batch_size: int, seed: list[int],
+                     kinds: list[int] | None = None) -> list[int]:
     mega = 50 * batch_size
+    mixed = kinds is not None and len(set(kinds)) > 1
     out = []
     for s in range(0, len(perm), mega):
-        run = sorted(perm[s:s + mega], key=lambda k: -lengths[k])
+        if mixed:
+            run = _interleave_by_kind(perm[s:s + mega], lengths, kinds)
+        else:
+            run = sorted(perm[s:s + mega], key=lambda k: -lengths[k])
         batches = [run[b:b + batch_size] for b in range(0, len(run), batch_size)]
         for b in np.random.default_rng(seed + [7919, s]).permutation(len(batches)):
             out += batches[b]

@@ -28,6 +28,7 @@ import hashlib
 import importlib.util
 import inspect
 import json
+import logging
 import math
 import os
 import shutil
@@ -38,16 +39,18 @@ from pathlib import Path
 
 import torch
 
+from nesylib.atomic import atomic_dir
 from nesylib.errors import ConfigError, ModelError
 from nesylib.prompts import Example
 from nesylib.sft_data import (ItemCollator, ItemDataset, StreamSampler, TruncationStats, encode_items,
                               item_order)
 
-ENGINE_VERSION = "e1"  # bump when a change alters what a run with the same inputs produces
+ENGINE_VERSION = "e2"  # bump when a change alters what a run with the same inputs produces
 BACKENDS = ("auto", "hf", "unsloth")
 _RESULT_FILE = "train_result.json"
 _RUN_FILE = "run.json"
 _NOT_IN_FINGERPRINT = ("save_steps", "logging_steps")  # bookkeeping only: may change across a resume
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -73,7 +76,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     cutoff_len: int = 2048
     seed: int = 42
-    bf16_autocast: bool = True          # CPU: 1.45x faster training (calibration.md); GPU: bf16 compute
+    bf16_autocast: bool | str = "auto"  # "auto": on where the hardware has native bf16 (see cpu_has_native_bf16)
     model_dtype: str = "auto"           # base weights: bfloat16 on CUDA, float32 on CPU (D10)
     group_weights: dict = field(default_factory=lambda: {"main": 1.0, "rationale": 0.7, "answer": 0.3})
     save_steps: int = 100
@@ -101,6 +104,7 @@ class TrainConfig:
              "must be None or a positive int")
         need(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio", "must be in [0, 1)")
         need(self.backend in BACKENDS, "backend", f"must be one of {BACKENDS}")
+        need(self.bf16_autocast in (True, False, "auto"), "bf16_autocast", "must be true, false or auto")
         need(self.model_dtype in ("auto", "float32", "bfloat16", "float16"), "model_dtype",
              "must be auto, float32, bfloat16 or float16")
         need(isinstance(self.group_weights, dict) and all(w >= 0 for w in self.group_weights.values()),
@@ -172,6 +176,27 @@ def pick_backend(requested: str = "auto") -> str:
     return "hf"
 
 
+def cpu_has_native_bf16() -> bool:
+    """True when torch's CPU kernels run bf16 matmuls natively (AVX512-BF16 or AMX). Elsewhere (e.g. an
+    AVX2-only CPU) bf16 falls back to a scalar path about 30x slower than fp32, so autocast must stay off."""
+    cap = str(torch.backends.cpu.get_cpu_capability()).upper()
+    if "AMX" in cap:
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def use_bf16_autocast(setting, cuda: bool) -> bool:
+    """Whether training runs under bf16 autocast: ``True``/``False`` as given (True still needs bf16
+    support on a GPU), ``"auto"`` where the device computes bf16 natively."""
+    if setting == "auto":
+        return torch.cuda.is_bf16_supported() if cuda else cpu_has_native_bf16()
+    return bool(setting) and (not cuda or torch.cuda.is_bf16_supported())
+
+
 def _dtype(config: TrainConfig, cuda: bool) -> torch.dtype:
     if config.model_dtype == "auto":
         return torch.bfloat16 if cuda else torch.float32
@@ -220,11 +245,17 @@ def _load_trainable(path: str, config: TrainConfig, backend: str, init_adapter: 
 
 # ------------------------------------------------------------------------------------ the loss
 def group_weighted_ce(logits: torch.Tensor, targets: torch.Tensor, group_ids: torch.Tensor,
-                      weights: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-    """D18 loss: sum over groups g in the batch of weights[g] * (token-mean CE over g's tokens).
+                      weights: torch.Tensor, norms: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """The training loss: sum over groups g in the batch of weights[g] * CE_g.
 
     ``logits[b, k]`` predicts ``targets[b, k]`` (-100 = no loss); ``group_ids[b]`` is sequence b's
-    group. Returns the loss and each group's token-mean CE.
+    group. Without ``norms``, CE_g is the token mean over g's tokens in this batch. With ``norms``
+    (per group: the run's mean number of g's target tokens per micro-batch), CE_g is the token
+    *sum* divided by that constant, so every target token of the run weighs the same whichever
+    batch it lands in: one cross-entropy over the concatenated data, where each format counts by
+    its share of target tokens (D14), and a batch of short answer-only targets no longer weighs as
+    much as a batch of long rationales. Returns the loss and each group's token-mean CE (for logs).
     """
     ce = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
                                            ignore_index=-100, reduction="none").view_as(targets)
@@ -233,9 +264,21 @@ def group_weighted_ce(logits: torch.Tensor, targets: torch.Tensor, group_ids: to
     parts = {}
     for g in group_ids.unique().tolist():
         m = valid & (group_ids == g)[:, None]
-        parts[g] = ce[m].sum() / m.sum().clamp(min=1)
-        loss = loss + weights[g] * parts[g]
+        total = ce[m].sum()
+        parts[g] = total.detach() / m.sum().clamp(min=1)
+        loss = loss + weights[g] * (total / norms[g] if norms is not None else total / m.sum().clamp(min=1))
     return loss, parts
+
+
+def target_token_norms(items: list, order: list[int], batch_size: int, n_groups: int) -> list[float]:
+    """Per group, the mean number of its target tokens in one micro-batch of the run's stream
+    (``order``: item indices, consecutive ``batch_size`` items form a micro-batch)."""
+    n_batches = max(1, math.ceil(len(order) / batch_size))
+    totals = [0] * n_groups
+    for i in order:
+        for seq in items[i]:
+            totals[seq.group] += seq.n_target
+    return [max(t / n_batches, 1.0) for t in totals]
 
 
 def _trainer_class():
@@ -244,10 +287,12 @@ def _trainer_class():
     class GroupWeightedTrainer(Trainer):
         """Trainer whose loss is ``group_weighted_ce`` over response tokens only."""
 
-        def setup(self, sampler, names: list[str], weights: list[float], slice_logits: bool):
+        def setup(self, sampler, names: list[str], weights: list[float], slice_logits: bool,
+                  norms: list[float] | None = None):
             self.stream_sampler = sampler
             self.group_names = names
             self.group_weights = torch.tensor(weights, dtype=torch.float32)
+            self.group_norms = torch.tensor(norms, dtype=torch.float32) if norms is not None else None
             self.slice_logits = slice_logits
             self.model_accepts_loss_kwargs = False  # our loss is a per-micro-batch mean: Trainer divides by GA
             self.tokens_processed = 0  # non-pad tokens trained on in this process (a device tensor once used)
@@ -270,7 +315,8 @@ def _trainer_class():
                 targets = targets[:, first:last]
             outputs = model(**inputs, **kwargs)
             logits = outputs.logits if self.slice_logits else outputs.logits[:, :-1]
-            loss, parts = group_weighted_ce(logits, targets, groups, self.group_weights.to(logits.device))
+            norms = self.group_norms.to(logits.device) if self.group_norms is not None else None
+            loss, parts = group_weighted_ce(logits, targets, groups, self.group_weights.to(logits.device), norms)
             if model.training:
                 self.tokens_processed = self.tokens_processed + inputs["attention_mask"].sum()  # no sync
                 for g, v in parts.items():
@@ -331,18 +377,54 @@ def _fingerprint(model_path: str, stages: list[Stage], config: TrainConfig, init
     for s in stages:
         h.update(f"\x00stage {s.steps}\x00".encode())
         for e in s.examples:
-            h.update(json.dumps([e.prompt, e.target, e.group, e.uid]).encode())
+            h.update(json.dumps([e.prompt, e.target, e.group, e.uid, e.kind]).encode())
     return h.hexdigest()[:16]
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
+    from nesylib.atomic import write_text
+
+    write_text(path, json.dumps(obj, indent=1, default=str))
+
+
+_ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
 
 def _checkpoints(out_dir: Path) -> list[Path]:
-    return sorted((p for p in out_dir.glob("checkpoint-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[-1]))
+    """Every ``checkpoint-<step>`` folder, complete or not, by step."""
+    found = [p for p in out_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def _checkpoint_problem(ckpt: Path) -> str | None:
+    """Why ``ckpt`` cannot be resumed from (None when it can): a kill during a save leaves it without
+    its trainer state, which ``Trainer`` writes last, or without the adapter weights."""
+    state = ckpt / "trainer_state.json"
+    if not state.is_file():
+        return "no trainer_state.json"
+    try:
+        json.loads(state.read_text())
+    except (OSError, ValueError) as e:
+        return f"unreadable trainer_state.json ({type(e).__name__})"
+    if not any((ckpt / w).is_file() for w in _ADAPTER_WEIGHTS):
+        return f"no adapter weights ({' or '.join(_ADAPTER_WEIGHTS)})"
+    return None
+
+
+def _resumable_checkpoint(out_dir: Path) -> Path | None:
+    """The newest complete checkpoint; incomplete ones are reported and deleted (they can never be
+    resumed from, and ``Trainer``'s checkpoint rotation would keep them over a good one)."""
+    last = None
+    for ckpt in _checkpoints(out_dir):
+        problem = _checkpoint_problem(ckpt)
+        if problem is None:
+            last = ckpt
+        else:
+            _log.warning("ignoring incomplete checkpoint %s (%s); deleting it", ckpt, problem)
+            shutil.rmtree(ckpt, ignore_errors=True)
+    if last is not None:
+        _log.warning("resuming the training in %s from its newest complete checkpoint, %s", out_dir, last.name)
+    return last
 
 
 def _as_stages(examples) -> list[Stage]:
@@ -365,15 +447,14 @@ def _prepare_out_dir(out_dir: Path, fp: str, resume: bool, meta: dict) -> tuple[
         prev = json.loads(done.read_text())
         if prev.get("fingerprint") == fp and (out_dir / "adapter").is_dir():
             return TrainResult(out_dir / "adapter", prev, cached=True), None
-    ckpts = _checkpoints(out_dir)
-    last = ckpts[-1] if (resume and ckpts) else None
+    last = _resumable_checkpoint(out_dir) if resume else None
     if last is not None:
         prev_fp = json.loads(run_file.read_text()).get("fingerprint") if run_file.is_file() else None
         if prev_fp != fp:
             raise ConfigError(f"{out_dir} holds checkpoints of a run with different inputs (fingerprint {prev_fp} "
                               f"!= {fp}); delete it, pass resume=False, or choose another out_dir")
     else:
-        for p in ckpts:
+        for p in _checkpoints(out_dir):
             shutil.rmtree(p)
     done.unlink(missing_ok=True)
     _write_json(run_file, {"fingerprint": fp, **meta})
@@ -381,20 +462,30 @@ def _prepare_out_dir(out_dir: Path, fp: str, resume: bool, meta: dict) -> tuple[
 
 
 def _build_stream(tok, stages: list[Stage], groups: list[str], config: TrainConfig):
-    """All stages' items in one dataset, the run's item order over it, per-stage info, truncation."""
+    """All stages' items in one dataset, the run's item order over it, per-stage info, truncation,
+    and each example kind's share of the run's target tokens."""
     all_items, order, info = [], [], []
     trunc = TruncationStats()
+    kinds = sorted({e.kind for st in stages for e in st.examples})
     for si, st in enumerate(stages):
-        items, stats = encode_items(tok, st.examples, groups, config.cutoff_len, config.add_bos)
+        items, stats = encode_items(tok, st.examples, groups, config.cutoff_len, config.add_bos, kinds)
         for k in ("sequences", "target_truncated", "prompt_truncated"):
             setattr(trunc, k, getattr(trunc, k) + getattr(stats, k))
         steps = st.steps or (config.max_steps or steps_for(len(items), config.epochs, config))
         lengths = [sum(len(s.input_ids) for s in it) for it in items] if config.group_by_length else None
-        local = item_order(len(items), steps * config.global_batch, config.seed, si, lengths, config.per_device_batch)
+        item_kinds = [it[0].kind for it in items]
+        local = item_order(len(items), steps * config.global_batch, config.seed, si, lengths, config.per_device_batch,
+                           item_kinds)
         order += [len(all_items) + j for j in local]
         all_items += items
         info.append({"name": st.name, "steps": steps, "items": len(items), "sequences": stats.sequences})
-    return all_items, order, info, trunc
+    share = [0] * len(kinds)
+    for i in order:
+        for seq in all_items[i]:
+            share[seq.kind] += seq.n_target
+    total = sum(share) or 1
+    kind_share = {k or "main": round(n / total, 4) for k, n in zip(kinds, share)}
+    return all_items, order, info, trunc, kind_share
 
 
 def _training_args(config: TrainConfig, out_dir: Path, total_steps: int, backend: str, cuda: bool, bf16: bool):
@@ -446,10 +537,10 @@ def train_lora(model_name_or_path: str, examples: list[Example] | list[Stage], c
         return cached
 
     model, tok = _load_trainable(model_path, config, backend, init)
-    all_items, order, stage_info, trunc = _build_stream(tok, stages, groups, config)
+    all_items, order, stage_info, trunc, kind_share = _build_stream(tok, stages, groups, config)
     total_steps = sum(s["steps"] for s in stage_info)
     cuda = torch.cuda.is_available()
-    bf16 = bool(config.bf16_autocast) and (not cuda or torch.cuda.is_bf16_supported())
+    bf16 = use_bf16_autocast(config.bf16_autocast, cuda)
     clock = _step_clock()
     trainer = _trainer_class()(model=model, args=_training_args(config, out_dir, total_steps, backend, cuda, bf16),
                                train_dataset=ItemDataset(all_items), processing_class=tok,
@@ -458,7 +549,8 @@ def train_lora(model_name_or_path: str, examples: list[Example] | list[Stage], c
     clock.trainer = trainer
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     slice_ok = backend == "hf" and "logits_to_keep" in inspect.signature(base.forward).parameters
-    trainer.setup(StreamSampler(order), groups, [float(config.group_weights[g]) for g in groups], slice_ok)
+    norms = target_token_norms(all_items, order, config.per_device_batch, len(groups))
+    trainer.setup(StreamSampler(order), groups, [float(config.group_weights[g]) for g in groups], slice_ok, norms)
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -466,12 +558,10 @@ def train_lora(model_name_or_path: str, examples: list[Example] | list[Stage], c
     trainer.train(resume_from_checkpoint=str(last) if last else None)
     seconds = time.perf_counter() - t0
 
-    adapter, tmp = out_dir / "adapter", out_dir / "adapter.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    shutil.rmtree(adapter, ignore_errors=True)
-    os.replace(tmp, adapter)
+    adapter = out_dir / "adapter"
+    with atomic_dir(adapter) as tmp:  # a unique temporary name: concurrent runs never share it
+        trainer.model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
 
     hist, marks = trainer.state.log_history, clock.marks
     processed = int(trainer.tokens_processed)
@@ -482,7 +572,7 @@ def train_lora(model_name_or_path: str, examples: list[Example] | list[Stage], c
         "device": "cuda" if cuda else "cpu", "bf16_autocast": bf16, "steps": total_steps,
         "global_batch": config.global_batch, "warmup_steps": math.ceil(config.warmup_ratio * total_steps),
         "stages": stage_info, "stage_ends": [sum(s["steps"] for s in stage_info[:i + 1]) for i in range(len(stages))],
-        "groups": groups, "truncation": trunc.as_dict(),
+        "groups": groups, "truncation": trunc.as_dict(), "target_token_share": kind_share,
         "loss_curve": [[h["step"], h["loss"]] for h in hist if "loss" in h],
         "lr_curve": [[h["step"], h["learning_rate"]] for h in hist if "learning_rate" in h],
         "group_loss_curves": {g: [[h["step"], h[f"loss_{g}"]] for h in hist if f"loss_{g}" in h]
@@ -523,12 +613,9 @@ def merge_adapter(base: str, adapter_dir: str | Path, out_dir: str | Path, dtype
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, dtype))
     merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     tok = AutoTokenizer.from_pretrained(_tokenizer_dir(base_path, adapter_dir))
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)  # a killed merge never leaves a half folder behind
+    with atomic_dir(out_dir) as tmp:  # a killed merge never leaves a half folder behind
+        merged.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
     return out_dir
 
 
