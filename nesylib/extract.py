@@ -121,16 +121,38 @@ def extract_answer(output: str, task: str) -> str | None:
     return find_answer(output).text or None
 
 
+# An output that is nothing but an answer: an option label with at most a few words of option text,
+# or one short answer token (a word golds use, or a number). Checked on the whole output, one line.
+_BARE_OPTION = re.compile(r"\(?(?:[A-Za-z]|[1-9])\)(?:[ \t]+\S+){0,10}|[A-Z]")
+_BARE_TOKEN = re.compile(r"(?i:yes|no|true|false|valid|invalid)|" + _NUMBER.pattern)
+
+
+def is_answer_only(output: str) -> bool:
+    """True when the whole output (after the "Question: " cut) is just an answer, as answer-only students write.
+
+    Surrounding whitespace, sentence punctuation, quotes and "*" are ignored; the rest must be one line and either
+    an option ("(B)", "B)", "B", "(B) 01/07/2018", "(A) The blue jay is the second from the left",
+    at most 10 words after the label) or one token: Yes/No/True/False/valid/invalid or a number.
+    """
+    x = output.split(QUESTION_CUT, 1)[0].strip(_SENTENCE_PUNCT)
+    if not x or "\n" in x:
+        return False
+    return bool(_BARE_OPTION.fullmatch(x) or _BARE_TOKEN.fullmatch(x))
+
+
 def has_answer(output: str, task: str) -> bool:
     """True when extraction found an answer: a cue fired with a non-empty snippet (math: a number).
 
     The complement is the extraction-failure rate of D21. The first-sentence fallback does not count
-    as found, although the lenient judge still scores it.
+    as found, although the lenient judge still scores it, unless the output is nothing but an answer
+    (``is_answer_only``: "(B)", "True", "24"), as an answer-only student's output is.
     """
     if is_math_task(task):
         return extract_answer(output, task) is not None
     found = find_answer(output)
-    return found.cue != FALLBACK and bool(found.text)
+    if found.cue == FALLBACK:
+        return bool(found.text) and is_answer_only(output)
+    return bool(found.text)
 
 
 def _answer_line(output: str) -> str | None:

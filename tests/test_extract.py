@@ -158,6 +158,28 @@ def test_snippet_cuts():
     assert not has_answer(f"{ANSWER_MARKER}.", "snarks") and not is_correct(f"{ANSWER_MARKER}.", "(A)", "snarks")
 
 
+@pytest.mark.parametrize("output, task", [
+    ("(B)", "date_understanding"), (" (B).\n", "date_understanding"), ("(B) 01/07/2018", "date_understanding"),
+    ("(A) The blue jay is the second from the left.", "logical_deduction_three_objects"),
+    ("True", "boolean_expressions"), ("False.", "boolean_expressions"), ("No", "web_of_lies"),
+    ("Yes.", "navigate"), ("invalid", "formal_fallacies"), ("24", "multistep_arithmetic_two"),
+    ("-17.", "multistep_arithmetic_two"),
+])
+def test_an_answer_only_output_has_an_answer(output, task):
+    # an answer-only student (prompt ends "Answer: ") writes just the answer: no cue fires, but it is an answer
+    assert find_answer(output).cue == FALLBACK
+    assert has_answer(output, task)
+
+
+@pytest.mark.parametrize("output", [
+    "", "   ", "No cue here. Not even one.", "I am not sure which option it is.",
+    "(B) is the one because the date moves back exactly one whole year from today",
+    "(B)\n(C)", "True or False", "Maybe",
+])
+def test_a_sentence_fallback_is_still_no_answer(output):
+    assert not has_answer(output, "date_understanding")
+
+
 # ------------------------------------------------------------------------ comparison rules
 Q = "Which movie?\nOptions:\n(A) Heat\n(B) Star Wars Episode VII - The Force Awakens\n(C) Up"
 
