@@ -5,6 +5,8 @@ evaluation slice sizes), so NesyCD, SKIntern and every baseline train and test o
 """
 from __future__ import annotations
 
+import random
+import re
 from pathlib import Path
 
 from nesylib import data
@@ -63,19 +65,47 @@ def load_knowledge(path: Path) -> dict[str, str]:
     return {r["uid"]: r["knowledge"] for r in rows}
 
 
-class KardKnowledge:
-    """D19: BM25 top-k over the train items' knowledge texts; training excludes the item's own text."""
+def passage_text(knowledge: str) -> str:
+    """The part of a two-section knowledge text that KARD retrieves: the supplementary knowledge,
+    its numbered items joined into one passage (the learning summary is advice, not knowledge, and
+    repeats across items). A text without the sections is used whole."""
+    from nesylib.kb import parse_analysis
 
-    def __init__(self, train_records: list[dict], knowledge: dict[str, str], k: int = 3):
+    _, sk = parse_analysis(knowledge)
+    body = sk or knowledge
+    lines = [re.sub(r"^\s*(?:\d+[.)]|[-*])\s*", "", ln).strip() for ln in body.splitlines()]
+    return " ".join(ln for ln in lines if ln)
+
+
+def keeps_own(uid: str, keep_own: float, seed: int) -> bool:
+    """Whether a training item's retrieval may return its own text (a seeded draw per item)."""
+    return keep_own >= 1 or (keep_own > 0 and random.Random(f"{seed}-own-{uid}").random() < keep_own)
+
+
+class KardKnowledge:
+    """D19: BM25 top-k over the train items' knowledge passages (``passage_text``).
+
+    At test time the whole pool is searched. At training time an item's own passage is left out,
+    except for a seeded share ``keep_own`` of the items: 0 is D19 as written (right when a text
+    states its item's answer, as on the real benchmarks); where the texts hold knowledge shared by
+    several items (the synthetic facts), leaving every own text out leaves training prompts with
+    far fewer of the needed facts than test prompts get, and the student learns to ignore them, so
+    ``keep_own`` is set to bring training coverage near test coverage (method.md D19 amendment)."""
+
+    def __init__(self, train_records: list[dict], knowledge: dict[str, str], k: int = 3, keep_own: float = 0.0,
+                 seed: int = 42):
         from nesylib.retrieval import BM25Retriever
 
-        self.pool = [(uid, text) for uid, text in knowledge.items() if text.strip()]
+        if not 0.0 <= keep_own <= 1.0:
+            raise ConfigError(f"parameter 'kard_keep_own' must be in [0, 1], got {keep_own!r}")
+        self.pool = [(uid, passage_text(text)) for uid, text in knowledge.items() if passage_text(text)]
         if not self.pool:
             raise ConfigError("KARD needs knowledge texts, but the knowledge file is empty")
         self.k = k
         self._index = BM25Retriever([text for _, text in self.pool])
         self._pos = {uid: i for i, (uid, _) in enumerate(self.pool)}
-        self.train = {r["uid"]: self._passages(r, exclude=self._pos.get(r["uid"])) for r in train_records}
+        self.train = {r["uid"]: self._passages(r, exclude=None if keeps_own(r["uid"], keep_own, seed)
+                                               else self._pos.get(r["uid"])) for r in train_records}
 
     def _passages(self, record: dict, exclude=None) -> list[str]:
         query = f"{record['task_description']} {record['question']}"
@@ -87,5 +117,6 @@ class KardKnowledge:
         return self._passages(record)
 
 
-def kard_knowledge(ctx, train_records: list[dict], k: int = 3) -> KardKnowledge:
-    return KardKnowledge(train_records, load_knowledge(knowledge_file(ctx.upstream("04_skintern_curriculum"))), k)
+def kard_knowledge(ctx, train_records: list[dict], k: int = 3, keep_own: float = 0.0) -> KardKnowledge:
+    return KardKnowledge(train_records, load_knowledge(knowledge_file(ctx.upstream("04_skintern_curriculum"))), k,
+                         keep_own)

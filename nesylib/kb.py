@@ -177,6 +177,19 @@ def doc_text(item: dict) -> str:
     return f"{item['task_description']} {item['question']}"
 
 
+INDEX_TEXTS = ("question", "knowledge", "both")
+
+
+def entry_index_text(entry: dict, what: str = "question") -> str:
+    """What an entry is found by: its question (D13), its supplementary knowledge (the facts it
+    holds, so a test question that names an entity finds the entries stating facts about it), or both."""
+    if what not in INDEX_TEXTS:
+        raise ConfigError(f"parameter 'kb_index_text' must be one of {INDEX_TEXTS}, got {what!r}")
+    knowledge = entry.get("supplementary_knowledge") or entry["summary"]
+    return {"question": doc_text(entry), "knowledge": knowledge,
+            "both": f"{doc_text(entry)} {knowledge}"}[what]
+
+
 def _complete_entry(entry: dict, where: str) -> dict:
     missing = [f for f in REQUIRED_FIELDS if f not in entry]
     if missing:
@@ -255,11 +268,12 @@ class KnowledgeBase:
         return kb
 
     # -------------------------------------------------------------------------------- retrieval
-    def index(self, kind: str = "bm25", **kwargs) -> "KnowledgeBase":
-        """Build the retriever over ``task_description + " " + question`` of every entry."""
+    def index(self, kind: str = "bm25", text: str = "question", **kwargs) -> "KnowledgeBase":
+        """Build the retriever over each entry's ``entry_index_text`` (default: task description +
+        question, D13)."""
         if kind not in RETRIEVERS:
             raise ConfigError(f"retriever kind must be one of {RETRIEVERS}, got {kind!r}")
-        self._retriever = make_retriever(kind, [doc_text(e) for e in self.entries], **kwargs)
+        self._retriever = make_retriever(kind, [entry_index_text(e, text) for e in self.entries], **kwargs)
         return self
 
     @property
@@ -270,10 +284,14 @@ class KnowledgeBase:
 
     def retrieve_many(self, records: list[dict], k: int = 3, exclude_self: bool = False) -> list[list[dict]]:
         """Top-``k`` hits ``{docid, score, knowledge}`` for each data record (query = its task
-        description + question). ``exclude_self`` leaves out the record's own entry (leave-one-out)."""
+        description + question). ``exclude_self`` leaves out the record's own entry (leave-one-out):
+        one bool for all records, or one per record."""
         if not self.entries:
             return [[] for _ in records]
-        excludes = [self._by_uid.get(r.get("uid"), []) if exclude_self else None for r in records]
+        flags = exclude_self if isinstance(exclude_self, (list, tuple)) else [exclude_self] * len(records)
+        if len(flags) != len(records):
+            raise ConfigError(f"exclude_self: {len(flags)} flags for {len(records)} records")
+        excludes = [self._by_uid.get(r.get("uid"), []) if ex else None for r, ex in zip(records, flags)]
         hits = self.retriever.search_many([doc_text(r) for r in records], k, excludes)
         return [[{"docid": h.docid, "score": h.score, "knowledge": self.entries[h.docid]["summary"]} for h in row]
                 for row in hits]
@@ -297,14 +315,11 @@ class KnowledgeBase:
 
 
 def _write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    from nesylib.atomic import atomic_file
+
+    with atomic_file(path, fsync=True) as f:  # a temporary name unique to this writer
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------ building

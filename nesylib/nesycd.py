@@ -9,7 +9,6 @@ Pure functions; training, generation and the teacher live in their own modules.
 
 Notebook glue (02_kb_construction, 03_nesycd_training):
     tutor_from_params(...)             T_T: the offline derived tutor, an API or a local model
-    evaluate_cached(...)               a student's evaluation, reused when it answered the same prompts
     demonstrations_from_eval(...)      step 2 from an evaluation of S_P on training questions
     kb_statistics(kb, errors, corrects) per-task counts for the KB report
     retrieved_knowledge(records, kb)   step 6's inserted text per uid (gate applied)
@@ -72,25 +71,33 @@ def collect_demonstrations(records: list[dict], outputs: list, prompts_: list[st
 
 
 def se_training_examples(train_records: list[dict], kb, own_summary: bool = True,
-                         loo_retrieval: bool = False) -> list[Example]:
+                         loo_retrieval: bool = False, keep_own: float | None = None, k_retrieve: int = 3,
+                         k_insert: int = 1, seed: int = 42) -> list[Example]:
     """The S_E training set of D14, in this order:
 
-    (a) every train item with a KB entry (an error of S_P), in P-KB with its knowledge, and the
-        teacher CoT as target. The knowledge is the item's own analysis (``own_summary``, the
-        authors' choice) or, with ``loo_retrieval``, the top BM25/dense hit among the *other*
-        entries. With both off, part (a) is left out (an ablation without knowledge).
+    (a) every train item with a KB entry (an error of S_P), in P-KB with knowledge, and the teacher
+        CoT as target. The knowledge is the item's own analysis (``own_summary``, the authors'
+        choice), or it is retrieved as at test time (``k_insert`` of ``k_retrieve`` hits) with the
+        item's own entry left out (``loo_retrieval``) or left out for all but a seeded share
+        ``keep_own`` of the items, so that training prompts hold about as much of the needed
+        knowledge as test prompts do. With no knowledge source, part (a) is left out (an ablation).
     (b) all train items in P-STD (Direct CoT) -> teacher CoT;
     (c) all train items in P-FT (Answer Prediction) -> gold answer.
-    All parts form one cross-entropy loss with equal weight: every Example has group "main".
+    All parts form one cross-entropy loss over their target tokens: every Example has group
+    "main", and its ``kind`` (kb, std, ft) keeps length-grouped batches mixed.
     """
+    from nesylib.experiment import keeps_own
     from nesylib.formats import examples_for
 
-    if own_summary and loo_retrieval:
-        raise ConfigError("se_training_examples: choose own_summary=True or loo_retrieval=True, not both")
+    if loo_retrieval and keep_own is None:
+        keep_own = 0.0
+    if own_summary and keep_own is not None:
+        raise ConfigError("se_training_examples: choose own_summary=True or retrieval (loo_retrieval / keep_own), not both")
     errors = [r for r in train_records if kb.entry_for(r["uid"]) is not None]
     knowledge: dict[str, str] = {}
-    if loo_retrieval:
-        texts = kb.knowledge_for_many(errors, exclude_self=True)
+    if keep_own is not None:
+        flags = [not keeps_own(r["uid"], keep_own, seed) for r in errors]
+        texts = kb.knowledge_for_many(errors, k_retrieve=k_retrieve, k_insert=k_insert, exclude_self=flags)
         knowledge = {r["uid"]: t for r, t in zip(errors, texts)}
     elif own_summary:
         knowledge = {r["uid"]: kb.entry_for(r["uid"])["summary"] for r in errors}
@@ -179,64 +186,5 @@ def kb_statistics(kb, errors: list[dict], corrects: list[dict]) -> list[dict]:
     return [row(t, lambda x, t=t: x == t) for t in tasks] + [row("all", lambda x: True)]
 
 
-_EVAL_CODE = ("generate.py", "evaluate.py", "extract.py", "metrics.py", "flops.py")
-
-
-def evaluation_key(method: str, base: str, adapter_dir, eval_sets: dict[str, list[dict]], knowledge=None,
-                   max_new_tokens: int | None = None, seed: int = 42, specs: dict | None = None) -> str:
-    """What determines an evaluation's outputs: the student (base + adapter fingerprint), every
-    prompt, the caps and seed, the task specs (versions, or the whole of a spec passed in
-    ``specs``) and the evaluation code. Greedy outputs do not depend on the batch size
-    (nesylib.generate), so it is not part of the key."""
-    from dataclasses import asdict
-
-    from nesylib.evaluate import get_task_spec
-    from nesylib.runs import file_hash, stable_hash
-    from nesylib.students import inference_prompts
-
-    build, _ = inference_prompts(method, knowledge)
-    records = [r for recs in eval_sets.values() for r in recs]
-    student = "base"
-    if adapter_dir is not None:
-        adapter_dir = Path(adapter_dir)
-        result = adapter_dir.parent / "train_result.json"
-        student = (json.loads(result.read_text())["fingerprint"] if result.is_file()
-                   else file_hash(adapter_dir / "adapter_model.safetensors"))
-    here = Path(__file__).parent
-    return stable_hash({
-        "method": method, "base": str(base), "student": student, "max_new_tokens": max_new_tokens, "seed": seed,
-        "prompts": stable_hash([[r["uid"], build(r)] for r in records]),
-        "specs": {ds: (asdict(specs[ds]) if specs and ds in specs else get_task_spec(ds).version)
-                  for ds in sorted({r["dataset"] for r in records})},
-        "code": [file_hash(here / f) for f in _EVAL_CODE],
-    })
-
-
-def evaluate_cached(method: str, base: str, adapter_dir, eval_sets: dict[str, list[dict]], cache_root, *,
-                    knowledge=None, batch_size: int = 16, max_new_tokens: int | None = None, seed: int = 42,
-                    specs: dict | None = None, copy_to=None):
-    """``students.evaluate_student`` into ``cache_root/<method>-<evaluation_key>``, or the stored
-    result when that folder is complete (its summary.json is written last). Notebooks that
-    evaluate the same student on the same prompts (S_P in 03 and Std-CoT in 05, NesyCD's S_E in
-    08 and 06) then pay once. ``copy_to``: a folder (replaced) that gets a copy of the evaluation,
-    so a run folder stays browsable. Returns (EvalResult, folder, cached)."""
-    import shutil
-
-    from nesylib.data import read_jsonl
-    from nesylib.evaluate import EvalResult
-    from nesylib.students import evaluate_student
-
-    key = evaluation_key(method, base, adapter_dir, eval_sets, knowledge, max_new_tokens, seed, specs)
-    out = Path(cache_root) / f"{method}-{key}"
-    summary_file, samples = out / "summary.json", out / "samples.jsonl"
-    cached = summary_file.is_file() and samples.is_file()
-    if cached:
-        stored = json.loads(summary_file.read_text())
-        result = EvalResult(read_jsonl(samples), stored["summary"], stored["meta"], samples)
-    else:
-        result = evaluate_student(method, base, adapter_dir, eval_sets, out, knowledge=knowledge,
-                                  batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed, specs=specs)
-    if copy_to is not None:
-        shutil.rmtree(copy_to, ignore_errors=True)
-        shutil.copytree(out, copy_to)
-    return result, out, cached
+# a student's evaluation, reused when asked the same prompts (used by every method, not only NesyCD)
+from nesylib.evaluate_cache import evaluate_cached, evaluation_key  # noqa: E402,F401

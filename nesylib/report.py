@@ -310,8 +310,10 @@ def flops_points(table: pd.DataFrame) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------ synthetic, ablations
 def synthetic_table(collected: Collected) -> pd.DataFrame | None:
-    """Notebook 08's rows, one per (method, split): accuracy, CI, n, the multiple-choice subset and the
-    paired difference against Std-CoT. Floors (chance, co-occurrence heuristic) have kind "floor"."""
+    """Notebook 08's rows, one per (method, split): accuracy, CI, n, the multiple-choice subset, "derives
+    the answer" (the reasoning ends on the gold option's text) with its CI, the paired difference against
+    Std-CoT, the share of needed facts in the knowledge of the test and training prompts, and prefill cost
+    relative to Std-CoT. Floors (chance, co-occurrence heuristic) have kind "floor"."""
     nb = collected.notebooks.get(SYNTHETIC)
     if nb is None:
         return None
@@ -338,7 +340,13 @@ def synthetic_table(collected: Collected) -> pd.DataFrame | None:
                         "n": None if r.get(f"{s}_n") is None else _count(r[f"{s}_n"], f"{where} '{s}_n'"),
                         "mc_accuracy": r.get(f"{s}_mc"), "mc_ci_low": mlo, "mc_ci_high": mhi,
                         "diff_vs_std": r.get(f"{s}_diff_vs_std"), "diff_ci_low": dlo, "diff_ci_high": dhi,
-                        "no_answer_rate": r.get("no_answer_rate"), "prefill_tmacs": r.get("prefill_tmacs")})
+                        "derives": r.get(f"{s}_derives"),
+                        "derives_ci_low": (r.get(f"{s}_derives_ci") or [None, None])[0],
+                        "derives_ci_high": (r.get(f"{s}_derives_ci") or [None, None])[1],
+                        "facts_in_knowledge_test": r.get("facts_in_knowledge"),
+                        "facts_in_knowledge_train": r.get("train_facts_in_knowledge"),
+                        "no_answer_rate": r.get("no_answer_rate"), "prefill_tmacs": r.get("prefill_tmacs"),
+                        "prefill_vs_std": r.get("prefill_vs_std")})
     table = pd.DataFrame(out)
     if len(table):
         table["n"] = table["n"].astype("Int64")

@@ -14,9 +14,7 @@ run_root = None
 data_dir = None          # None: $NESYLIB_DATA_DIR, else download the pinned files into the cache
 seed = 42
 datasets = ["bbh", "gsm8k", "agieval", "arc-e", "arc-c", "gsm8k_plus"]""",
-    """import matplotlib
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+    """import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 

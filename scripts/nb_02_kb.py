@@ -48,12 +48,10 @@ demo_items_per_task = None   # S_P answers at most this many training questions 
 retriever = "bm25"           # bm25 | dense, for the retrieval example below
 gate = False                 # True: S_P's confidence margins on the demonstrations, to judge 03's gate
 gate_threshold = 68.0""",
-    """import matplotlib
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+    """import matplotlib.pyplot as plt
 import pandas as pd
 
-from nesylib import data, experiment, nesycd, runs, students
+from nesylib import experiment, nesycd, runs, students
 from nesylib.train import pick_backend
 
 backend = pick_backend()  # before transformers is used: unsloth patches it on a GPU
@@ -73,22 +71,21 @@ train_recs = experiment.load_training_set(ctx)
 print(f"backend {backend}; {len(train_recs)} training items with an accepted rationale")""",
     """#md
 ## 1 · General distillation: S_P = Std-CoT""",
-    """from nesylib.formats import examples_for
+    """from nesylib import methods as mth
+from nesylib.formats import examples_for
 
-sp_examples = examples_for("std", train_recs)
-sp_dir = students.student_dir(ctx.dir.parent, "std", sp_examples, cfg, student)
-sp = students.train_student("std", sp_examples, cfg, sp_dir, student)
-print(f"S_P: {sp.adapter_dir} {'(cached: same examples and recipe)' if sp.cached else ''}")
-print(f"  {sp.metrics['steps']} steps, final loss {sp.metrics['final_loss']}, {sp.metrics['seconds']} s")""",
+lab = mth.Lab(student, cfg, ctx.dir.parent, ctx.dir, batch_size=eval_batch_size, max_new_tokens=max_new_tokens,
+              seed=seed)
+sp_adapter = lab.fit("std", examples_for("std", train_recs))  # the Std-CoT student of 05, shared
+sp_dir = sp_adapter.parent
+sp_metrics = lab.train_metrics["std"]""",
     """#md
 ## 2 · Demonstration collection: S_P on the training questions""",
-    """demo_recs = data.subsample(train_recs, demo_items_per_task, seed)
-demo_eval, demo_dir, demo_cached = nesycd.evaluate_cached(
-    "std", student, sp.adapter_dir, {"train": demo_recs}, sp_dir / "evals", batch_size=eval_batch_size,
-    max_new_tokens=max_new_tokens, seed=seed)
-errors, corrects = nesycd.demonstrations_from_eval(demo_recs, demo_eval)
-print(f"S_P answered {len(demo_recs)} training questions in {demo_eval.summary['tokens']['seconds']:.0f} s"
-      f"{' (stored answers reused)' if demo_cached else ''}: {len(errors)} errors, {len(corrects)} correct")
+    """found = mth.nesycd_errors(lab, sp_adapter, train_recs, demo_items_per_task)
+demo_recs, demo_eval, errors, corrects = found.items, found.result, found.errors, found.corrects
+demo_dir = ctx.path("eval", "nesycd_sp_train")
+print(f"S_P answered {len(demo_recs)} training questions in {demo_eval.summary['tokens']['seconds']:.0f} s: "
+      f"{len(errors)} errors, {len(corrects)} correct")
 counts = pd.DataFrame([{"task": t, "items": sum(d["record"]["task"] == t for d in errors + corrects),
                         "errors": sum(d["record"]["task"] == t for d in errors)}
                        for t in dict.fromkeys(r["task"] for r in demo_recs)])
@@ -99,7 +96,7 @@ counts""",
     from nesylib.kb import confidence_margin
     from nesylib.train import load_student
 
-    sp_model, sp_tok = load_student(student, sp.adapter_dir)
+    sp_model, sp_tok = load_student(student, sp_adapter)
     margins = pd.DataFrame([{"outcome": "error" if d["stu_right_score"] == 0 else "correct",
                              "margin": confidence_margin(sp_model, sp_tok, d["question"])} for d in errors + corrects])
     del sp_model
@@ -164,9 +161,9 @@ if len(kb):
     print(prompts.kb(examples[0], kb.knowledge_for(examples[0]))[:1500])
 else:
     print("The KB is empty (S_P made no errors or the tutor failed on all): 03 then trains and answers with P-STD.")""",
-    """sp_train = {k: sp.metrics.get(k) for k in ("steps", "seconds", "final_loss", "tokens_per_s")}
+    """sp_train = {k: sp_metrics.get(k) for k in ("steps", "seconds", "final_loss", "tokens_per_s")}
 results_path = ctx.save_results({
-    "student": student, "backend": backend, "sp_adapter": str(sp.adapter_dir), "sp_cached": sp.cached,
+    "student": student, "backend": backend, "sp_adapter": str(sp_adapter),
     "sp_train": sp_train, "demo_items": len(demo_recs), "errors": len(errors), "corrects": len(corrects),
     "train_error_rate": round(len(errors) / len(demo_recs), 4) if demo_recs else None,
     "demo_eval_dir": str(demo_dir), "demo_eval_seconds": demo_eval.summary["tokens"]["seconds"],

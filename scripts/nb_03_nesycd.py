@@ -40,8 +40,6 @@ ablation_no_knowledge = True # evaluate S_E once more with P-STD prompts""",
     """import json
 from pathlib import Path
 
-import matplotlib
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 

@@ -55,8 +55,6 @@ epochs_budget = None           # None: the Std-CoT budget of train (its max_step
 stage_cutoff_len = None        # None: train's cutoff_len; smaller caps the stage prompts (a cost knob)""",
     """import dataclasses
 
-import matplotlib
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 

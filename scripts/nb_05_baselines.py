@@ -35,14 +35,12 @@ max_new_tokens = None      # None: per-task caps (calibration.md); 1024 is the a
 kard_k = 3""",
     """import json
 
-import matplotlib
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
 from pathlib import Path
 
-from nesylib import experiment, nesycd, runs, students
+from nesylib import experiment, runs, students
 from nesylib.train import pick_backend
 
 backend = pick_backend()  # before transformers is used: unsloth patches it on a GPU
@@ -51,40 +49,29 @@ params = dict(preset=preset, run_root=run_root, data_dir=data_dir, seed=seed, st
               train=train, eval_batch_size=eval_batch_size, max_new_tokens=max_new_tokens, kard_k=kard_k)
 ctx = runs.start("05_baselines", params, schema={**experiment.SELECTION_SCHEMA, "methods": list, "train": dict,
                                                   "eval_batch_size": int, "kard_k": int})
-bad = sorted(set(methods) - {"base", "ft", "std", "mt-cot", "mt-re", "kard", "kaft", "cascod"})
-if bad:
-    raise ValueError(f"parameter 'methods' has unknown baseline(s) {bad}")
+from nesylib.methods import check_methods
+
+check_methods(methods, ("base", "ft", "std", "mt-cot", "mt-re", "kard", "kaft", "cascod"))
 cfg = students.train_config(train)
 train_recs = experiment.load_training_set(ctx)
 eval_sets = experiment.select_eval(eval_per_task, bbh_tasks, seed, data_dir)
 print(f"backend {backend}; {len(train_recs)} training items; evaluation:",
       {k: len(v) for k, v in eval_sets.items()})""",
-    """from nesylib.formats import examples_for
+    """from nesylib import methods as mth
 
+lab = mth.Lab(student, cfg, ctx.dir.parent, ctx.dir, batch_size=eval_batch_size, max_new_tokens=max_new_tokens,
+              seed=seed)
 kard_passages = None
 if {"kard", "kaft"} & set(methods):
     kard_passages = experiment.kard_knowledge(ctx, train_recs, k=kard_k)
 
 rows = []
 for method in methods:
-    if method == "base":
-        adapter, metrics = None, None
-    else:
-        knowledge = kard_passages.train if method in ("kard", "kaft") else None
-        ex = examples_for(method, train_recs, knowledge)
-        out = students.student_dir(ctx.dir.parent, method, ex, cfg, student)
-        res = students.train_student(method, ex, cfg, out, student)
-        adapter, metrics = res.adapter_dir, res.metrics
-        print(f"{method}: trained {'(cached)' if res.cached else ''} loss {metrics.get('final_loss')}")
-    test_knowledge = kard_passages.test if method in ("kard", "kaft") else None
-    # stored beside the adapter and keyed by the prompts: Std-CoT = NesyCD's S_P, already scored in 03
-    cache = ctx.path("eval", "base") if adapter is None else Path(adapter).parent / "evals"
-    result, where, reused = nesycd.evaluate_cached(method, student, adapter, eval_sets, cache,
-                                                   knowledge=test_knowledge, batch_size=eval_batch_size,
-                                                   max_new_tokens=max_new_tokens, seed=seed)
-    if reused:
-        print(f"{method}: evaluation reused from {where}")
-    rows.append(students.result_row(method, result, metrics))
+    if method in ("kard", "kaft"):
+        run = mth.kard_method(lab, method, train_recs, eval_sets, kard_passages)
+    else:  # stored beside the adapter and keyed by the prompts: Std-CoT = NesyCD's S_P, already scored in 03
+        run = mth.plain_method(lab, method, train_recs, eval_sets)
+    rows.append(students.result_row(method, run.result, lab.train_metrics.get(method)))
     print(f"{method}: ID avg {rows[-1]['id_avg']}, OOD avg {rows[-1]['ood_avg']}")
 table = pd.DataFrame(rows)
 table.to_csv(ctx.path("baselines.csv"), index=False)

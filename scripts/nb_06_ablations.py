@@ -31,8 +31,6 @@ content_variants = ["knowledge_only", "examples_only"]                        # 
     """import json
 import time
 
-import matplotlib
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
@@ -63,11 +61,10 @@ print(f"backend {backend}; 08's configuration: " + json.dumps({k: base[k] for k 
     """from transformers import AutoTokenizer
 
 from nesylib.curriculum import Schedule
-from nesylib.formats import examples_for
 from nesylib.kb import KnowledgeBase
 from nesylib.models import resolve_model
-from nesylib.nesycd import retrieved_knowledge, se_training_examples
-from nesylib.train import train_lora
+from nesylib import methods as mth
+from nesylib.nesycd import retrieved_knowledge
 
 bench = synth.load_benchmark(src / "benchmark")
 world = synth.load_world(src / "benchmark")
@@ -80,48 +77,35 @@ knowledge = ab.read_knowledge(src / "knowledge.jsonl") if sweeps["schedule"] or 
 kb = KnowledgeBase.load(src / "nesycd" / "kb.jsonl") if sweeps["k"] else None
 print(f"{len(train_rows)} training questions, {len(evals)} evaluated items, "
       f"{len(knowledge)} knowledge texts, {len(kb) if kb is not None else 0} KB entries")
-rows, timing, trained = [], {}, {}
+eval_sets = {"synth": evals}
+lab = mth.Lab(student, cfg, ctx.dir.parent, ctx.dir, specs={"synth": spec}, batch_size=eval_batch_size,
+              max_new_tokens=base["max_new_tokens"], seed=base["seed"])
+timing, rows = lab.timing, []
 
 
-def fit(method, examples, name):
-    out = students.student_dir(ctx.dir.parent, f"synth-{method}", examples, cfg, student)
-    t0 = time.time()
-    res = train_lora(student, examples, cfg, out)
-    timing[f"{name}_train_s"] = round(time.time() - t0, 1)
-    trained[name] = {"cached": bool(res.cached), "steps": res.metrics.get("steps"),
-                     "final_loss": res.metrics.get("final_loss"), "adapter": str(res.adapter_dir)}
-    print(f"{name}: {'cached (same as 08)' if res.cached else 'trained'}, {res.metrics.get('steps')} steps, "
-          f"loss {res.metrics.get('final_loss')}")
-    return res.adapter_dir
-
-
-def score(sweep, variant, value, method, adapter, knowledge_fn=None):
-    t0 = time.time()
-    res = sx.evaluate_method(method, student, adapter, evals, ctx.path("eval", f"{sweep}-{variant}"),
-                             knowledge=knowledge_fn, spec=spec, batch_size=eval_batch_size,
-                             max_new_tokens=base["max_new_tokens"], seed=base["seed"])
-    timing[f"{sweep}-{variant}_eval_s"] = round(time.time() - t0, 1)
-    items = sx.item_rows(method, res.rows, evals, world)
-    rows.extend(ab.sweep_rows(sweep, variant, value, items, res.summary))
-    reused = " (08's stored answers)" if "reused_from" in res.meta else ""
-    print(f"{sweep} {variant}: accuracy {res.accuracy:.3f} ({timing[f'{sweep}-{variant}_eval_s']} s{reused})")""",
+def add_rows(sweep, variant, value, method, result):
+    rows.extend(ab.sweep_rows(sweep, variant, value, sx.item_rows(method, result.rows, evals, world), result.summary))""",
     """#md
 ## k: how many knowledge-base entries NesyCD inserts at test time
 
 S_E is 08's student (trained on its own KB analyses, D14); only the test-time prompt changes. `k = 0` inserts
 nothing (the prompt is P-STD), which asks how much of S_E's accuracy comes from the retrieved knowledge.""",
     """if sweeps["k"]:
-    se_adapter = fit("nesycd", se_training_examples(train_rows, kb), "nesycd_se")
+    se_adapter = lab.fit("nesycd", mth.nesycd_examples(
+        train_rows, kb, base["k_retrieve"], base["k_insert"], base["se_train_knowledge"], base["se_keep_own"],
+        base["kb_index_text"], seed=base["seed"]))
     k_retrieve = max(max(sweeps["k"]), base["k_retrieve"])
     for k in sweeps["k"]:
         inserted = retrieved_knowledge(evals, kb, k_retrieve=k_retrieve, k_insert=k) if k else {}
-        score("k", f"k={k}", k, "nesycd", se_adapter, lambda r: inserted.get(r["uid"], ab.NO_KNOWLEDGE))""",
+        res = lab.score("nesycd", se_adapter, eval_sets, lambda r: inserted.get(r["uid"], ab.NO_KNOWLEDGE),
+                        name=f"k-k={k}")
+        add_rows("k", f"k={k}", k, "nesycd", res)""",
     """#md
 ## Training-data size: Std-CoT on a seeded share of the training questions of every task""",
     """for frac in sweeps["train_size"]:
     subset = ab.fraction_per_task(train_rows, frac, base["seed"])
-    adapter = fit("std", examples_for("std", subset), f"std-{frac}")
-    score("train_size", f"{frac:g} ({len(subset)} questions)", frac, "std", adapter)""",
+    res = mth.plain_method(lab, "std", subset, eval_sets)
+    add_rows("train_size", f"{frac:g} ({len(subset)} questions)", frac, "std", res.result)""",
     """#md
 ## SKIntern: schedule shape and number of stages; knowledge only vs demonstrations only
 
@@ -130,8 +114,6 @@ alone. `knowledge_only` shows no demonstrations at any stage; `examples_only` sh
 but no knowledge.""",
     """if sweeps["schedule"] or sweeps["content"]:
     from nesylib.compress import make_compressor
-    from nesylib.skintern import training_budget
-
     comp = make_compressor(base["compressor"], model_name=student)
     variants = [(f"{kind}, T={T}", "schedule", Schedule(T=T, kind=kind, max_demos=base["max_demos"]), knowledge)
                 for kind, T in sweeps["schedule"]]
@@ -140,14 +122,9 @@ but no knowledge.""",
                   knowledge if v == "knowledge_only" else {}) for v in sweeps["content"]]
     stage_reports = {}
     for variant, sweep, schedule, know in variants:
-        budget = training_budget(len(train_rows), cfg, schedule.T)
-        t0 = time.time()
-        stages, reports, _ = sx.skintern_stages(train_rows, know, schedule, comp, budget["total_steps"], tok,
-                                                cfg.cutoff_len, base["seed"])
-        timing[f"{sweep}-{variant}_compress_s"] = round(time.time() - t0, 1)
-        stage_reports[variant] = reports
-        adapter = fit("skintern", stages, f"skintern {variant}")
-        score(sweep, variant, variant, "skintern", adapter)
+        res = mth.skintern_method(lab, train_rows, know, eval_sets, schedule, comp, cfg.cutoff_len)
+        stage_reports[variant] = res.info["stages"]
+        add_rows(sweep, variant, variant, "skintern", res.result)
     del comp""",
     """#md
 ## Results: accuracy with 95% bootstrap CIs (test and ood together, and per split)""",
@@ -178,6 +155,6 @@ if names:
     plt.show()""",
     """ctx.save_results({"student": student, "backend": backend, "base_config": base, "train_config": vars(cfg),
                   "eval_items": len(evals), "sweeps": {s: [r for r in rows if r["sweep"] == s] for s in sweeps},
-                  "trained": trained, "timing": timing,
+                  "trained": lab.train_metrics, "timing": timing,
                   "skintern_stage_reports": stage_reports if (sweeps["schedule"] or sweeps["content"]) else {}})""",
 ])

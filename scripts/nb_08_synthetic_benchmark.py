@@ -34,19 +34,21 @@ eval_batch_size = 16
 max_new_tokens = None        # None: per-task caps from the teacher rationales (1.3 x longest)
 synth_config = "default"     # default | smoke | a dict of SynthConfig overrides
 eval_per_task_synth = None   # items per (split, task), a seeded subset; None: all 192 test + 160 ood
-methods = ["std", "kard", "nesycd", "skintern", "ft"]
+methods = ["std", "oracle", "kard", "nesycd", "skintern", "ft"]
 stages_T = 6                 # SKIntern stages t in 0..T (D15)
 max_demos = 6                # SKIntern demos at stage 0 (n_t decays linearly)
 compressor = "self-info"     # self-info | truncate | llmlingua2 | auto
 k_retrieve = 3               # NesyCD: KB hits retrieved per question
 k_insert = 1                 # NesyCD: hits inserted into the prompt
+kb_index_text = "question"   # NesyCD: entries are found by question (D13) | knowledge | both
+se_train_knowledge = "own"   # NesyCD S_E training knowledge: own analysis (D14) | retrieved (as at test time)
+se_keep_own = 0.0            # with "retrieved": share of error items whose own entry may be retrieved
 kard_k = 3                   # KARD: passages per question
+kard_keep_own = 0.0          # KARD: share of training items whose own passage may be retrieved (D19: 0)
 demo_items_per_task = None   # NesyCD: S_P answers at most this many training questions per task; None: all""",
     """import json
 import time
 
-import matplotlib
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
@@ -62,15 +64,19 @@ params = dict(preset=preset, run_root=run_root, seed=seed, student=student, trai
               train_overrides=train_overrides, eval_batch_size=eval_batch_size, max_new_tokens=max_new_tokens,
               synth_config=synth_config, eval_per_task_synth=eval_per_task_synth, methods=methods,
               stages_T=stages_T, max_demos=max_demos, compressor=compressor, k_retrieve=k_retrieve,
-              k_insert=k_insert, kard_k=kard_k, demo_items_per_task=demo_items_per_task)
+              k_insert=k_insert, kb_index_text=kb_index_text, se_train_knowledge=se_train_knowledge,
+              se_keep_own=se_keep_own, kard_k=kard_k, kard_keep_own=kard_keep_own,
+              demo_items_per_task=demo_items_per_task)
 ctx = runs.start("08_synthetic_benchmark", params, schema={
     "seed": int, "student": str, "train": dict, "train_overrides": dict, "eval_batch_size": int,
     "max_new_tokens": (int, type(None)), "synth_config": (str, dict), "eval_per_task_synth": (int, type(None)),
     "methods": list, "stages_T": int, "max_demos": int, "compressor": ["self-info", "truncate", "llmlingua2", "auto"],
-    "k_retrieve": int, "k_insert": int, "kard_k": int, "demo_items_per_task": (int, type(None))})
-bad = sorted(set(methods) - set(sx.METHODS))
-if bad:
-    raise ValueError(f"parameter 'methods' has unknown method(s) {bad}; choose from {sorted(sx.METHODS)}")
+    "k_retrieve": int, "k_insert": int, "kb_index_text": ["question", "knowledge", "both"],
+    "se_train_knowledge": ["own", "retrieved"], "se_keep_own": (int, float), "kard_k": int,
+    "kard_keep_own": (int, float), "demo_items_per_task": (int, type(None))})
+from nesylib.methods import check_methods
+
+check_methods(methods)
 cfg = students.train_config({**train, **train_overrides})
 t_start = time.time()
 print(f"backend {backend}; methods {methods}; train config {cfg}")""",
@@ -98,14 +104,12 @@ questions stating one of its facts), by split and number of hops:""",
 recipe; adapters are cached under `students/` by their inputs.""",
     """from transformers import AutoTokenizer
 
+from nesylib import methods as mth
 from nesylib.curriculum import Schedule
 from nesylib.experiment import KardKnowledge
-from nesylib.formats import examples_for
+from nesylib.kb import build_kb
 from nesylib.knowledge import generate_knowledge
 from nesylib.models import resolve_model
-from nesylib.nesycd import retrieved_knowledge, se_training_examples
-from nesylib.skintern import training_budget
-from nesylib.train import train_lora
 
 teacher = synth.SynthTeacher(world)
 train_rows = synth.rationale_records(bench["train"], teacher)
@@ -114,88 +118,74 @@ if len(train_rows) != len(bench["train"]):
 tok = AutoTokenizer.from_pretrained(resolve_model(student))
 spec = sx.synth_task_spec(train_rows, tok)
 print("generation caps per task:", dict(spec.max_new_tokens_by_task) if max_new_tokens is None else max_new_tokens)
+eval_sets = {"synth": evals}
+lab = mth.Lab(student, cfg, ctx.dir.parent, ctx.dir, specs={"synth": spec}, batch_size=eval_batch_size,
+              max_new_tokens=max_new_tokens, seed=seed)
 knowledge = {}
 if {"kard", "kaft", "skintern"} & set(methods):
     knowledge, failures = generate_knowledge(bench["train"], teacher)
     if failures:
         raise RuntimeError(f"knowledge failed for {len(failures)} items: {failures[:3]}")
     runs.write_jsonl(ctx.path("knowledge.jsonl"), [{"uid": u, "knowledge": k} for u, k in knowledge.items()])
-timing, train_metrics, results, inserted, extra = {}, {}, {}, {}, {}
+    print("a knowledge text:\\n" + next(iter(knowledge.values())))
+results, extra = {}, {}
 
 
-def fit(method, examples):
-    out = students.student_dir(ctx.dir.parent, f"synth-{method}", examples, cfg, student)
-    t0 = time.time()
-    res = train_lora(student, examples, cfg, out)
-    timing[f"{method}_train_s"] = round(time.time() - t0, 1)
-    train_metrics[method] = {k: res.metrics.get(k) for k in ("steps", "final_loss", "seconds", "tokens_seen",
-                                                              "tokens_per_s")}
-    print(f"{method}: {'cached' if res.cached else 'trained'}, {res.metrics.get('steps')} steps, "
-          f"loss {res.metrics.get('final_loss')}, {timing[f'{method}_train_s']} s")
-    return res.adapter_dir
-
-
-def score(method, adapter, records, knowledge_fn=None, name=None):
-    t0 = time.time()
-    res = sx.evaluate_method(method, student, adapter, records, ctx.path("eval", name or method),
-                             knowledge=knowledge_fn, spec=spec, batch_size=eval_batch_size,
-                             max_new_tokens=max_new_tokens, seed=seed)
-    timing[f"{name or method}_eval_s"] = round(time.time() - t0, 1)
-    print(f"{name or method}: accuracy {res.accuracy:.3f} on {len(records)} items, "
-          f"{timing[f'{name or method}_eval_s']} s{' (stored answers reused)' if 'reused_from' in res.meta else ''}")
-    return res""",
+def facts_of(record):
+    return sx.fact_texts(record, world)""",
     """#md
-### Std-CoT (and NesyCD's S_P, the same student)""",
-    """if {"std", "nesycd"} & set(methods):
-    std_adapter = fit("std", examples_for("std", train_rows))
-    if "std" in methods:
-        results["std"] = score("std", std_adapter, evals)""",
+### The bounds: Std-CoT (no knowledge) and the oracle (exactly the needed facts in the prompt)
+
+The oracle student trains and answers with the KARD prompt holding the facts each question needs, nothing
+else: it shows what this student and recipe can do with knowledge in the prompt, the ceiling for every
+knowledge method below.""",
+    """for m in [m for m in methods if m in mth.PLAIN]:
+    results[m] = mth.plain_method(lab, m, train_rows, eval_sets)
+if "oracle" in methods:
+    results["oracle"] = mth.oracle_method(lab, train_rows, eval_sets, facts_of)""",
     """#md
-### NesyCD: S_P's errors on the training questions → knowledge base → S_E → retrieval at test time""",
+### NesyCD: S_P's errors on every training question → knowledge base → S_E → retrieval at test time""",
     """if "nesycd" in methods:
-    from nesylib.data import subsample
+    from nesylib.formats import examples_for
 
-    demo_recs = subsample(bench["train"], demo_items_per_task, seed)  # as in 02: a seeded share per task
-    sp = score("std", std_adapter, demo_recs, name="nesycd_sp_train")
-    kb, errors, corrects = sx.nesycd_kb(sp, demo_recs, teacher, student_name=f"S_P {student}")
+    sp_adapter = lab.fit("std", examples_for("std", train_rows))  # S_P is the Std-CoT student
+    errs = mth.nesycd_errors(lab, sp_adapter, train_rows, demo_items_per_task)
+    kb = build_kb(errs.errors, teacher, student_name=f"S_P {student}")
     kb.save(ctx.path("nesycd", "kb.jsonl"))
-    extra["nesycd"] = {"sp_items": len(demo_recs), "sp_train_accuracy": sp.accuracy, "errors": len(errors), "corrects": len(corrects),
-                       "kb_entries": len(kb), "kb_failures": len(kb.failures)}
+    extra["nesycd"] = {"sp_items": len(errs.items), "sp_train_accuracy": errs.result.accuracy,
+                       "errors": len(errs.errors), "corrects": len(errs.corrects), "kb_entries": len(kb),
+                       "kb_failures": len(kb.failures)}
     print(extra["nesycd"])
-    se_adapter = fit("nesycd", se_training_examples(train_rows, kb))
-    inserted["nesycd"] = retrieved_knowledge(evals, kb, k_retrieve=k_retrieve, k_insert=k_insert)
-    results["nesycd"] = score("nesycd", se_adapter, evals, lambda r: inserted["nesycd"][r["uid"]])""",
+    if len(kb):
+        print("a KB entry:\\n" + kb.entries[0]["summary"])
+    results["nesycd"] = mth.nesycd_student(lab, train_rows, kb, eval_sets, k_retrieve, k_insert,
+                                           se_train_knowledge, se_keep_own, kb_index_text)""",
     """#md
-### KARD (and KA-FT): BM25 passages from the pool of the training items' knowledge (D19)""",
+### KARD (and KA-FT): BM25 passages over the training items' knowledge (D19)
+
+Passages are the supplementary-knowledge part of each training item's knowledge (the facts). A training item
+may retrieve its own passage for a seeded share `kard_keep_own` of the items, so that training prompts hold
+about as many of the needed facts as test prompts do (both are reported below).""",
     """if {"kard", "kaft"} & set(methods):
-    kard = KardKnowledge(train_rows, knowledge, k=kard_k)
-    passages = {r["uid"]: kard.test(r) for r in evals}
+    kard = KardKnowledge(train_rows, knowledge, k=kard_k, keep_own=kard_keep_own, seed=seed)
+    print("a KARD passage:", kard.test(evals[0])[0])
     for m in [m for m in ("kard", "kaft") if m in methods]:
-        adapter = fit(m, examples_for(m, train_rows, kard.train))
-        inserted[m] = {u: "\\n".join(p) for u, p in passages.items()}
-        results[m] = score(m, adapter, evals, lambda r: passages[r["uid"]])""",
+        results[m] = mth.kard_method(lab, m, train_rows, eval_sets, kard)""",
     """#md
 ### SKIntern: knowledge and demos decay over the stages; the student answers from the question alone""",
     """if "skintern" in methods:
     from nesylib.compress import make_compressor
 
-    schedule = Schedule(T=stages_T, max_demos=max_demos)
     comp = make_compressor(compressor, model_name=student)
-    budget = training_budget(len(train_rows), cfg, stages_T)  # the Std-CoT steps over the stages (D17)
-    t0 = time.time()
-    stages, stage_reports, comp_report = sx.skintern_stages(train_rows, knowledge, schedule, comp,
-                                                            budget["total_steps"], tok, cfg.cutoff_len, seed)
-    timing["skintern_compress_s"] = round(time.time() - t0, 1)
+    results["skintern"] = mth.skintern_method(lab, train_rows, knowledge, eval_sets,
+                                              Schedule(T=stages_T, max_demos=max_demos), comp, cfg.cutoff_len)
     del comp
-    extra["skintern"] = {"budget": budget, "stages": stage_reports, "compression": comp_report}
-    display(pd.DataFrame(stage_reports)[["stage", "steps", "keep_ratio", "n_demos", "knowledge_words_mean",
+    info = results["skintern"].info
+    extra["skintern"] = {k: info[k] for k in ("budget", "stages", "compression")}
+    display(pd.DataFrame(info["stages"])[["stage", "steps", "keep_ratio", "n_demos", "knowledge_words_mean",
                                           "prompt_tokens_mean", "items_shortened"]])
-    results["skintern"] = score("skintern", fit("skintern", stages), evals)""",
-    """#md
-### Other baselines (answer-only FT, the multi-task ones, the untrained base model)""",
-    """for m in [m for m in methods if m in ("ft", "mt-cot", "mt-re", "cascod", "base")]:
-    adapter = None if m == "base" else fit(m, examples_for(m, train_rows))
-    results[m] = score(m, adapter, evals)
+results = {m: results[m] for m in methods if m in results}  # table order = the preset's order
+timing, train_metrics = lab.timing, lab.train_metrics
 timing["total_s"] = round(time.time() - t_start, 1)
 timing""",
     """#md
@@ -205,15 +195,26 @@ Floors: chance (25% on the multiple-choice families, 0 on unit conversions, whos
 numbers) and a heuristic that picks the option occurring in the most training rationales together with a
 name from the question (multiple-choice items only; no reasoning, no fact chaining).
 `facts_in_output`: share of the needed fact sentences the student wrote; `facts_in_knowledge`: share
-contained in the knowledge inserted into the prompt (retrieval methods).""",
+contained in the knowledge inserted into the evaluated prompts, and `train facts in knowledge` the same share
+in the training prompts (knowledge methods). `derives`: the student's reasoning ends on the gold option's
+text (multiple choice; on free-number items it equals accuracy), whatever letter it then writes. `prefill`:
+MACs of the evaluated prompts relative to Std-CoT's question-only prompt.""",
     """items = []
 for m, res in results.items():
-    items += sx.item_rows(m, res.rows, evals, world, inserted.get(m))
+    items += sx.item_rows(m, res.result.rows, evals, world, res.inserted)
 runs.write_jsonl(ctx.path("items.jsonl"), items)
 heur = sx.cooccurrence_baseline(train_rows, evals, world, seed)
 chance = pd.DataFrame(sx.chance_rows(evals))
 items_df = pd.DataFrame(items)
 by_split = sx.accuracy_by(items, ["split"])
+derived_split = sx.accuracy_by([{**i, "correct": i["derives"]} for i in items], ["split"])
+train_coverage = {}
+for m, res in results.items():
+    texts = res.info.get("train_passages") or res.info.get("train_prompts")
+    if texts:
+        train_coverage[m] = sx.mean_coverage(texts, bench["train"], world)
+    elif m == "oracle":
+        train_coverage[m] = 1.0
 mc_split = sx.accuracy_by([i for i in items if i["mc"]] + heur, ["split"])
 paired = sx.paired_vs(items, "std") if "std" in results else pd.DataFrame()
 
@@ -225,16 +226,18 @@ def cell(df, method, split):
 
 rows = []
 for m in list(results) + ["cooccurrence", "chance"]:
-    row = {"method": sx.LABELS[m], "method_id": m}
+    row = {"method": mth.label(m) if m in results else sx.LABELS[m], "method_id": m}
     for s in ("test", "ood"):
         if m == "chance":
             sel = chance[chance.split == s]
             row[s] = float(sel.expected.mean())
             row[f"{s}_mc"] = float(sel[sel.mc].expected.mean())
             continue
-        r, rm = cell(by_split, m, s), cell(mc_split, m, s)
+        r, rm, rd = cell(by_split, m, s), cell(mc_split, m, s), cell(derived_split, m, s)
         if r is not None:
             row[s], row[f"{s}_ci"], row[f"{s}_n"] = r.accuracy, [r.ci_low, r.ci_high], int(r.n)
+        if rd is not None:
+            row[f"{s}_derives"], row[f"{s}_derives_ci"] = rd.accuracy, [rd.ci_low, rd.ci_high]
         if rm is not None:
             row[f"{s}_mc"], row[f"{s}_mc_ci"] = rm.accuracy, [rm.ci_low, rm.ci_high]
         d = paired[(paired.method == m) & (paired.split == s)] if len(paired) else paired
@@ -248,9 +251,15 @@ for m in list(results) + ["cooccurrence", "chance"]:
         row["facts_in_output"] = float(sel.facts_in_output.mean())
         if "facts_in_knowledge" in sel and sel.facts_in_knowledge.notna().any():
             row["facts_in_knowledge"] = float(sel.facts_in_knowledge.mean())
-        row["prefill_tmacs"] = sum(v["prefill_tmacs"] for v in results[m].summary["flops"].values())
+        if m in train_coverage:
+            row["train_facts_in_knowledge"] = float(train_coverage[m])
+        row["prefill_tmacs"] = sum(v["prefill_tmacs"] for v in results[m].result.summary["flops"].values())
         row["train_s"], row["eval_s"] = timing.get(f"{m}_train_s"), timing.get(f"{m}_eval_s")
     rows.append(row)
+std_macs = next((r["prefill_tmacs"] for r in rows if r["method_id"] == "std"), None)
+for r in rows:
+    if std_macs and r.get("prefill_tmacs") is not None:
+        r["prefill_vs_std"] = r["prefill_tmacs"] / std_macs
 table = pd.DataFrame(rows)
 table.to_csv(ctx.path("synth_results.csv"), index=False)
 
@@ -263,11 +272,15 @@ def fmt(v, ci=None):
 
 pretty = pd.DataFrame([{
     "method": r["method"], "test": fmt(r.get("test"), r.get("test_ci")), "ood": fmt(r.get("ood"), r.get("ood_ci")),
+    "test derives": fmt(r.get("test_derives"), r.get("test_derives_ci")),
+    "ood derives": fmt(r.get("ood_derives"), r.get("ood_derives_ci")),
     "test MC": fmt(r.get("test_mc"), r.get("test_mc_ci")), "ood MC": fmt(r.get("ood_mc"), r.get("ood_mc_ci")),
     "Δ test vs Std-CoT": fmt(r.get("test_diff_vs_std"), r.get("test_diff_ci")),
     "Δ ood vs Std-CoT": fmt(r.get("ood_diff_vs_std"), r.get("ood_diff_ci")),
     "no answer": fmt(r.get("no_answer_rate")), "facts in output": fmt(r.get("facts_in_output")),
-    "facts in knowledge": fmt(r.get("facts_in_knowledge"))} for r in rows])
+    "facts in knowledge (test)": fmt(r.get("facts_in_knowledge")),
+    "facts in knowledge (train)": fmt(r.get("train_facts_in_knowledge")),
+    "prefill": f"{r['prefill_vs_std']:.2f}x" if r.get("prefill_vs_std") else ""} for r in rows])
 ctx.path("synth_results.md").write_text(
     f"Synthetic benchmark, student {student}, {len(evals)} items (accuracy %, 95% CI)\\n\\n"
     + sx.markdown_table(pretty.to_dict("records"), list(pretty.columns)))
@@ -298,7 +311,7 @@ if len(wins):
             .pivot(index=["by", "group"], columns="method", values="diff"))""",
     """#md
 Retrieval methods: accuracy when the inserted knowledge contains every needed fact, some, or none.""",
-    """retr = items_df[items_df.method.isin(list(inserted))].copy()
+    """retr = items_df[items_df.method.isin([m for m, r in results.items() if r.inserted])].copy()
 if len(retr):
     retr["knowledge_has"] = pd.cut(retr.facts_in_knowledge, [-0.01, 0.0, 0.999, 1.0], labels=["none", "some", "all"])
     by_coverage = retr.groupby(["method", "knowledge_has"], observed=True).agg(
@@ -308,7 +321,7 @@ else:
     by_coverage = pd.DataFrame()""",
     """#md
 ## 4. Plots""",
-    """labels = [sx.LABELS[m] for m in results]
+    """labels = [mth.label(m) for m in results]
 fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * len(results) + 2), sharey=True)
 for ax, s in zip(axes, ("test", "ood")):
     for i, m in enumerate(results):
@@ -329,7 +342,7 @@ plt.show()
 fig, ax = plt.subplots(figsize=(7, 4))
 for i, m in enumerate(list(results) + ["cooccurrence"]):
     d = by_exposure[by_exposure.method == m].sort_values("min_exposure")
-    ax.plot(d.min_exposure, d.accuracy, "o-" if m != "cooccurrence" else "x--", color=f"C{i}", label=sx.LABELS[m])
+    ax.plot(d.min_exposure, d.accuracy, "o-" if m != "cooccurrence" else "x--", color=f"C{i}", label=mth.label(m) if m in results else sx.LABELS[m])
     ax.fill_between(d.min_exposure, d.ci_low, d.ci_high, color=f"C{i}", alpha=0.12)
 ax.set_xticks(sorted(by_exposure.min_exposure.unique()))
 ax.set_xlabel("training questions stating the least-seen needed fact")
@@ -349,7 +362,7 @@ ctx.save_results({
     "benchmark": desc, "eval_items": len(evals), "rows": records(table), "paired_vs_std": records(paired),
     "by_exposure": records(by_exposure), "by_hops": records(by_hops), "by_task": records(by_task),
     "by_split_exposure": records(by_split_exposure), "retrieval_coverage": records(by_coverage),
-    "paired_by_group": records(wins),
+    "paired_by_group": records(wins), "train_coverage": train_coverage,
     "train_metrics": train_metrics, "extra": extra, "timing": timing,
     "generation_caps": dict(spec.max_new_tokens_by_task) if max_new_tokens is None else max_new_tokens})""",
 ])

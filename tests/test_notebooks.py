@@ -61,6 +61,20 @@ def test_smoke_preset_runs_every_notebook_and_caches(tmp_path):
     assert (tmp_path / "00_data.ipynb").is_file() and (tmp_path / "00_data" / "bbh_split.png").is_file()
     teach = json.loads((tmp_path / "01_teacher_distillation" / "results.json").read_text())
     assert 0 < teach["accepted"] <= teach["items"] == 2 * 6 + 4
+    # figures show inline in the executed notebooks (and are still saved beside the tables)
+    for name in ("00_data", "05_baselines", "08_synthetic_benchmark"):
+        doc = json.loads((tmp_path / f"{name}.ipynb").read_text())
+        shown = [o for c in doc["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
+                 if "image/png" in o.get("data", {})]
+        assert shown, f"{name}: no figure in the executed notebook"
+    syn = json.loads((tmp_path / "08_synthetic_benchmark" / "results.json").read_text())
+    ids = [r["method_id"] for r in syn["rows"]]
+    assert {"std", "oracle", "kard", "nesycd", "skintern"} <= set(ids)
+    for r in syn["rows"]:
+        if r["method_id"] in ("kard", "nesycd", "oracle"):
+            assert r["facts_in_knowledge"] is not None and r["train_facts_in_knowledge"] is not None
+        if r["method_id"] not in ("chance", "cooccurrence"):
+            assert "test_derives" in r and r["prefill_vs_std"] > 0
     again = runs.run_preset("smoke", run_root=tmp_path, log=lambda *_: None)
     assert all(o["status"] == "cached" for o in again)
 

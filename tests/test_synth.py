@@ -215,7 +215,7 @@ def test_error_analysis_names_facts_and_diagnoses(bench, teacher):
     assert "never reached" in parse_analysis(text)[0]
 
 
-def test_knowledge_has_facts_rule_and_a_distractor_free_related_fact(bench, teacher):
+def test_knowledge_has_facts_and_a_distractor_free_related_fact(bench, teacher):
     from nesylib.knowledge import parse_knowledge
 
     with_related = 0
@@ -226,7 +226,7 @@ def test_knowledge_has_facts_rule_and_a_distractor_free_related_fact(bench, teac
         items = [re.sub(r"^\d+\. ", "", line) for line in body.splitlines()]
         facts = [teacher.world.facts[f] for f in r["meta"]["facts"]]
         assert items[: len(facts)] == facts
-        extra = items[len(facts):-1]
+        extra = items[len(facts):]  # no method text after the facts: only the related fact, if any
         assert len(extra) <= 1
         for line in extra:
             with_related += 1

@@ -146,6 +146,14 @@ def test_floors_chance_and_cooccurrence(world, bench, train_rows):
         sx.cooccurrence_baseline([{"uid": "t"}], [rec], world)
 
 
+def _kb(sp_result, train, teacher):
+    from nesylib.kb import build_kb
+    from nesylib.nesycd import demonstrations_from_eval
+
+    errors, corrects = demonstrations_from_eval(train, sp_result)
+    return build_kb(errors, teacher, student_name="S_P test"), errors, corrects
+
+
 def test_nesycd_kb_and_skintern_stages(world, bench, teacher, train_rows, tok):
     from nesylib.compress import make_compressor
     from nesylib.curriculum import Schedule
@@ -156,21 +164,26 @@ def test_nesycd_kb_and_skintern_stages(world, bench, teacher, train_rows, tok):
     sp_rows = [{"uid": r["uid"], "prompt": prompts.std(r),
                 "output": (train_rows[i]["rationale"] if i % 2 else "Therefore, the answer is 0.")}
                for i, r in enumerate(train)]
-    kb, errors, corrects = sx.nesycd_kb(EvalResult(sp_rows, {}, {}), train, teacher, student_name="S_P test")
+    kb, errors, corrects = _kb(EvalResult(sp_rows, {}, {}), train, teacher)
     assert len(errors) == len(kb) == len(train) // 2 and len(corrects) == len(train) - len(train) // 2
     entry = kb.entry_for(errors[0]["uid"])
     rec = errors[0]["record"]
     assert all(world.facts[f] in entry["summary"] for f in rec["meta"]["facts"])  # the teacher names the facts
     with pytest.raises(DataError, match="no output"):
-        sx.nesycd_kb(EvalResult(sp_rows[1:], {}, {}), train, teacher)
+        _kb(EvalResult(sp_rows[1:], {}, {}), train, teacher)
 
     from nesylib.knowledge import generate_knowledge
 
     knowledge, failures = generate_knowledge(train, teacher, max_attempts=1)
     assert not failures
-    stages, reports, comp = sx.skintern_stages(train_rows, knowledge, Schedule(T=2, max_demos=2),
-                                               make_compressor("truncate"), 5, tok, 1024, seed=1)
-    assert [s.steps for s in stages] == [1, 1, 3] and [s.name for s in stages] == ["t0", "t1", "t2"]
+    from nesylib.compress import compress_stages
+    from nesylib.skintern import progressive_plan
+
+    schedule = Schedule(T=2, max_demos=2)
+    stages_k, comp = compress_stages(knowledge, schedule, make_compressor("truncate"), tok)
+    plan = progressive_plan(train_rows, stages_k, schedule, 5, seed=1, tokenizer=tok, cutoff_len=1024)
+    stages, reports = plan, [p.report for p in plan]
+    assert [s.steps for s in stages] == [1, 1, 3] and [s.stage for s in stages] == [0, 1, 2]
     assert [r["n_demos"] for r in reports] == [2, 1, 0] and [c["requested_ratio"] for c in comp] == [1.0, 0.5, 0.0]
     assert [e.prompt for e in stages[-1].examples] == [prompts.std(r) for r in train_rows]  # D17
     fact_line = lambda uid: knowledge[uid].split("Supplementary Knowledge:\n")[1].split("\n")[0]  # noqa: E731
@@ -179,44 +192,50 @@ def test_nesycd_kb_and_skintern_stages(world, bench, teacher, train_rows, tok):
 
 
 def test_train_and_evaluate_on_the_tiny_model(tmp_path, world, bench, train_rows, tok, tiny_model_dir):
-    """A real two-step LoRA run and batched generation; logs and analysis rows line up."""
-    from nesylib.formats import examples_for
-    from nesylib.train import TrainConfig, train_lora
+    """A real two-step LoRA run through nesylib.methods and batched generation; logs, stored
+    evaluations and analysis rows line up."""
+    from nesylib import methods as mth
+    from nesylib.train import TrainConfig
 
     cfg = TrainConfig(max_steps=2, per_device_batch=2, grad_accum=1, lora_r=4, lora_alpha=8, cutoff_len=256,
                       save_steps=50, logging_steps=1)
-    res = train_lora(str(tiny_model_dir), examples_for("std", train_rows), cfg, tmp_path / "std")
     recs = sx.eval_records(bench, per_task=1)
     spec = sx.synth_task_spec(train_rows, tok, floor=8)
-    out = sx.evaluate_method("std", str(tiny_model_dir), res.adapter_dir, recs, tmp_path / "eval", spec=spec,
-                             batch_size=4, max_new_tokens=6)
-    assert len(out.rows) == len(recs)
-    logged = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
+
+    def lab(out, **kw):
+        opts = {"specs": {"synth": spec}, "max_new_tokens": 6, **kw}
+        return mth.Lab(str(tiny_model_dir), cfg, tmp_path, tmp_path / out, batch_size=4, log=False, **opts)
+
+    std = mth.plain_method(lab("nb"), "std", train_rows, {"synth": recs})
+    assert len(std.result.rows) == len(recs)
+    logged = [json.loads(line) for line in (tmp_path / "nb" / "eval" / "std" / "samples.jsonl").read_text().splitlines()]
     assert [r["uid"] for r in logged] == [r["uid"] for r in recs]
     assert all(r["generated_tokens"] <= 6 for r in logged)
-    assert out.meta["specs"]["synth"]["version"] == "synth-1"
+    assert std.result.meta["specs"]["synth"]["version"] == "synth-1"
     kb_text = {r["uid"]: "Learning Summary:\n1. x\n\nSupplementary Knowledge:\n1. y" for r in recs}
-    nes = sx.evaluate_method("nesycd", str(tiny_model_dir), res.adapter_dir, recs, tmp_path / "eval_kb",
-                             knowledge=lambda r: kb_text[r["uid"]], batch_size=4, max_new_tokens=4)
+    l4 = lab("nb", max_new_tokens=4)
+    nes = l4.score("nesycd", std.adapter, {"synth": recs}, knowledge=lambda r: kb_text[r["uid"]])
     assert all(prompts.KB_INTRO in r["prompt"] for r in nes.rows)
-    assert "reused_from" not in out.meta and "reused_from" not in nes.meta
     # the same student, prompts, caps and spec (06's variant equal to 08): the stored answers, copied
-    again = sx.evaluate_method("nesycd", str(tiny_model_dir), res.adapter_dir, recs, tmp_path / "eval_kb2",
-                               knowledge=lambda r: kb_text[r["uid"]], batch_size=2, max_new_tokens=4)
-    assert again.meta["reused_from"].startswith(str(res.adapter_dir.parent / "evals"))
+    again = lab("nb2", max_new_tokens=4).score("nesycd", std.adapter, {"synth": recs},
+                                               knowledge=lambda r: kb_text[r["uid"]])
     assert [r["output"] for r in again.rows] == [r["output"] for r in nes.rows]
-    assert (tmp_path / "eval_kb2" / "samples.jsonl").read_bytes() == (tmp_path / "eval_kb" / "samples.jsonl").read_bytes()
-    # other inserted knowledge, another cap or another spec: evaluated anew
+    assert (tmp_path / "nb2" / "eval" / "nesycd" / "samples.jsonl").read_bytes() == \
+        (tmp_path / "nb" / "eval" / "nesycd" / "samples.jsonl").read_bytes()
+    stored = sorted((std.adapter.parent / "evals").iterdir())
+    # other inserted knowledge, another cap or another spec: evaluated anew (a new stored folder)
     other_text = {u: t.replace("x", "z") for u, t in kb_text.items()}
     assert sx.synth_task_spec(train_rows, tok, floor=8, margin=2.0).max_new_tokens_by_task != spec.max_new_tokens_by_task
-    for kw in ({"knowledge": lambda r: other_text[r["uid"]], "max_new_tokens": 4},
-               {"knowledge": lambda r: kb_text[r["uid"]], "max_new_tokens": 3},
-               {"knowledge": lambda r: kb_text[r["uid"]], "max_new_tokens": None, "spec": spec},
-               {"knowledge": lambda r: kb_text[r["uid"]], "max_new_tokens": None,   # differs from the last in caps
-                "spec": sx.synth_task_spec(train_rows, tok, floor=8, margin=2.0)}):
-        fresh = sx.evaluate_method("nesycd", str(tiny_model_dir), res.adapter_dir, recs, tmp_path / "eval_x", **kw)
-        assert "reused_from" not in fresh.meta, kw
-    rows = sx.item_rows("std", out.rows, recs, world)
+    for know, kw in ((other_text, {"max_new_tokens": 4}), (kb_text, {"max_new_tokens": 3}),
+                     (kb_text, {"max_new_tokens": None}),
+                     (kb_text, {"max_new_tokens": None,
+                                "specs": {"synth": sx.synth_task_spec(train_rows, tok, floor=8, margin=2.0)}})):
+        lab("nbx", **kw).score("nesycd", std.adapter, {"synth": recs}, knowledge=lambda r: know[r["uid"]])
+        now = sorted((std.adapter.parent / "evals").iterdir())
+        assert len(now) == len(stored) + 1, kw
+        stored = now
+    rows = sx.item_rows("std", std.result.rows, recs, world)
     assert [r["split"] for r in rows] == [r["split"] for r in recs]
-    with pytest.raises(ConfigError, match="method="):
-        sx.evaluate_method("kb", str(tiny_model_dir), None, recs, tmp_path / "x")
+    assert all(isinstance(r["derives"], bool) for r in rows)
+    with pytest.raises(ConfigError, match="method"):
+        mth.plain_method(lab("x"), "kb", train_rows, {"synth": recs})

@@ -1,14 +1,12 @@
 """Glue for notebook 08: every method on the synthetic benchmark, and the analysis of where each wins.
 
-The notebook trains and evaluates; this module holds the steps between the library calls:
+The methods themselves are nesylib.methods (shared with the real benchmarks); this module holds
+the benchmark's selection and the analysis:
 
     config = resolve_config("default")                 # or "smoke", or a dict of overrides
     evals = eval_records(bench, per_task=None)          # test + ood (uids are distinct), seeded subset
     spec = synth_task_spec(rationale_rows, tokenizer)   # per-task generation caps from the targets
-    kb, errors, corrects = nesycd_kb(sp_result, bench["train"], teacher)  # NesyCD steps 2-3
-    stages, reports, comp = skintern_stages(...)        # SKIntern stage data (D15-D17)
-    res = evaluate_method("kard", student, adapter, evals, out_dir, knowledge=kard.test, spec=spec)
-    items = item_rows("kard", res.rows, evals, world, inserted)   # one analysis row per item
+    items = item_rows("kard", run.result.rows, evals, world, run.inserted)   # one analysis row per item
     accuracy_by(items, ["split"]); paired_vs(items, "std"); cooccurrence_baseline(...)
 
 An item row carries what the analysis groups by: split, task, variant, hops, ``min_exposure`` (the
@@ -24,14 +22,11 @@ import re
 from pathlib import Path
 
 from nesylib.errors import ConfigError, DataError
+from nesylib.prompts import ANSWER_MARKER
 from nesylib.synth.world import SynthConfig, World
 
-# notebook method id -> nesylib.students inference id (NesyCD's S_E answers from P-KB)
-METHODS = {"base": "base", "std": "std", "ft": "ft", "mt-cot": "mt-cot", "mt-re": "mt-re", "cascod": "cascod",
-           "kard": "kard", "kaft": "kaft", "nesycd": "kb", "skintern": "skintern"}
-LABELS = {"base": "Base (no fine-tuning)", "std": "Std-CoT", "ft": "Answer-only FT", "mt-cot": "MT-CoT",
-          "mt-re": "Step-by-step", "cascod": "CasCoD", "kard": "KARD", "kaft": "KA-FT", "nesycd": "NesyCD",
-          "skintern": "SKIntern", "chance": "Chance", "cooccurrence": "Co-occurrence heuristic"}
+# the floors in the tables (the methods' labels are nesylib.methods.label)
+LABELS = {"chance": "Chance", "cooccurrence": "Co-occurrence heuristic"}
 _WORD = re.compile(r"[A-Za-z]+")
 
 
@@ -86,62 +81,6 @@ def synth_task_spec(rationale_rows: list[dict], tokenizer, margin: float = 1.3, 
                     note=f"caps = max({floor}, ceil({margin} x longest teacher rationale + EOS)) per task")
 
 
-# ------------------------------------------------------------------------------------ methods
-def nesycd_kb(sp_result, train_records: list[dict], teacher, student_name: str = ""):
-    """NesyCD steps 2-3 from S_P's evaluation (P-STD) on the train questions: the teacher analyses
-    every error. Returns (KnowledgeBase, errors, corrects)."""
-    from nesylib.kb import build_kb
-    from nesylib.nesycd import demonstrations_from_eval
-
-    errors, corrects = demonstrations_from_eval(train_records, sp_result)
-    return build_kb(errors, teacher, student_name=student_name), errors, corrects
-
-
-def skintern_stages(train_rows: list[dict], knowledge: dict[str, str], schedule, compressor, total_steps: int,
-                    tokenizer, cutoff_len: int, seed: int = 42):
-    """SKIntern's stage data (D15-D17): (list of train.Stage, per-stage reports, compression report).
-
-    Each item's knowledge is compressed to the stage keep-ratios, rendered in P-INTER with that
-    stage's demos (same task, seeded), fitted to ``cutoff_len``, and given its share of
-    ``total_steps`` (the Std-CoT budget)."""
-    from nesylib.compress import compress_stages
-    from nesylib.skintern import progressive_plan
-    from nesylib.train import Stage
-
-    stages_k, comp = compress_stages(knowledge, schedule, compressor, tokenizer)
-    plan = progressive_plan(train_rows, stages_k, schedule, total_steps, seed=seed, tokenizer=tokenizer,
-                            cutoff_len=cutoff_len)
-    return [Stage(p.examples, p.steps, name=f"t{p.stage}") for p in plan], [p.report for p in plan], comp
-
-
-def evaluate_method(method: str, student: str, adapter_dir, records: list[dict], out_dir: Path, *,
-                    knowledge=None, spec=None, batch_size: int = 16, max_new_tokens: int | None = None,
-                    seed: int = 42):
-    """Evaluate a method's student (adapter merged, D20) with its inference prompt; ``out_dir``
-    gets ``samples.jsonl`` and ``summary.json``. ``knowledge(record)`` gives retrieved passages
-    (kard, kaft) or the inserted KB text (nesycd); ``spec`` overrides the "synth" TaskSpec (e.g.
-    synth_task_spec).
-
-    A trained student's evaluations are stored beside its adapter (``<student>/evals/``) under a
-    key of everything that decides the outputs, so a notebook that asks the same student the same
-    prompts (06's variant equal to 08's run) reuses them: ``result.meta["reused_from"]`` then names
-    the stored folder, and ``out_dir`` holds a copy."""
-    from nesylib.nesycd import evaluate_cached
-    from nesylib.students import evaluate_student
-
-    if method not in METHODS:
-        raise ConfigError(f"method={method!r}; choose one of {sorted(METHODS)}")
-    specs = {"synth": spec} if spec else None
-    kwargs = dict(knowledge=knowledge, batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed, specs=specs)
-    if adapter_dir is None:  # the base model: nothing to store it beside
-        return evaluate_student(METHODS[method], student, None, {"synth": records}, Path(out_dir), **kwargs)
-    result, folder, cached = evaluate_cached(METHODS[method], student, adapter_dir, {"synth": records},
-                                             Path(adapter_dir).parent / "evals", copy_to=Path(out_dir), **kwargs)
-    if cached:
-        result.meta["reused_from"] = str(folder)
-    return result
-
-
 # ------------------------------------------------------------------------------------ analysis
 def fact_sentences(record: dict, world: World) -> list[str]:
     """The needed facts as they are stated (lower case, no final period), in reasoning order."""
@@ -151,10 +90,44 @@ def fact_sentences(record: dict, world: World) -> list[str]:
         raise DataError(f"record {record.get('uid')!r}: fact {e} is not in this world") from e
 
 
+def fact_texts(record: dict, world: World) -> list[str]:
+    """The needed facts as the world states them (the oracle's knowledge), in reasoning order."""
+    try:
+        return [world.facts[f] for f in record["meta"]["facts"]]
+    except KeyError as e:
+        raise DataError(f"record {record.get('uid')!r}: fact {e} is not in this world") from e
+
+
 def facts_stated(text: str | None, record: dict, world: World) -> int:
     """How many of the record's needed fact sentences occur verbatim in ``text``."""
     low = (text or "").lower()
     return sum(s in low for s in fact_sentences(record, world))
+
+
+def mean_coverage(texts: dict[str, str], records: list[dict], world: World) -> float | None:
+    """Mean share of the needed fact sentences that ``texts[uid]`` contains, over the records that
+    have a text (e.g. the training prompts of a knowledge method)."""
+    by_uid = {r["uid"]: r for r in records}
+    shares = [facts_stated(t, by_uid[u], world) / len(by_uid[u]["meta"]["facts"]) for u, t in texts.items()
+              if u in by_uid]
+    return sum(shares) / len(shares) if shares else None
+
+
+def derives_answer(output: str | None, record: dict, correct: bool) -> bool:
+    """Whether the reasoning reaches the gold answer, whatever letter is written after it: on a
+    multiple-choice item, the option text mentioned last before the answer marker is the gold
+    option's text; on a free-answer item, the item is correct."""
+    options = record.get("options") or []
+    if not options:
+        return bool(correct)
+    head = (output or "").split(ANSWER_MARKER)[0].lower()
+    ends = {}  # option letter -> where its text's last mention ends (-1: never mentioned)
+    for o in options:
+        letter, _, text = o.partition(" ")
+        pos = head.rfind(text.lower()) if text else -1
+        ends[letter] = pos + len(text) if pos >= 0 else -1
+    best = max(ends.values())
+    return best >= 0 and ends.get(record["answer"]) == best
 
 
 def item_features(record: dict) -> dict:
@@ -181,6 +154,7 @@ def item_rows(method: str, eval_rows: list[dict], records: list[dict], world: Wo
             raise DataError(f"evaluated uid {row['uid']!r} is not among the records")
         n = len(rec["meta"]["facts"])
         item = {"method": method, **item_features(rec), "correct": bool(row["correct"]),
+                "derives": derives_answer(row.get("output"), rec, bool(row["correct"])),
                 "has_answer": bool(row.get("has_answer", True)), "facts_needed": n,
                 "facts_in_output": facts_stated(row.get("output"), rec, world) / n}
         if inserted is not None:

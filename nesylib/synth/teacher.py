@@ -4,11 +4,14 @@ It answers three request kinds from the world's facts, never from a model:
 
     cot             a short correct rationale ending "Therefore, the answer is X."
     error_analysis  NesyCD's T_T output (method.md §3 step 3) for a wrong student output:
-                    "Learning Summary:" (what went wrong + the method) and
-                    "Supplementary Knowledge:" (the facts needed and what they mean)
-    knowledge       SKIntern's per-question knowledge (§4.2) in the same two sections: the
-                    method, then the facts, one related fact that names no distractor option,
-                    and what the facts mean
+                    "Learning Summary:" (what went wrong in that output) and
+                    "Supplementary Knowledge:" (the facts the question needs)
+    knowledge       SKIntern's per-question knowledge (§4.2) in the same two sections: how many
+                    links to follow, then the facts and one related fact that names no
+                    distractor option
+
+Both are short on purpose: no method text repeated across items, so a retrieved passage or KB
+entry is mostly the knowledge itself.
 
 It refuses (ok=False) every record whose split is not "train": it can see gold answers, so it
 must never be asked about evaluation questions. Output depends only on the record (and the
@@ -23,26 +26,6 @@ from nesylib.prompts import ANSWER_MARKER, STEP_CUE, split_rationale
 from nesylib.synth.world import SynthConfig, World, generate_world, solve
 from nesylib.teacher.base import TeacherReply, TeacherRequest
 
-# The method behind each family, as a general rule (no entity names; OOD wordings not taught).
-RULES = {
-    "synth_unit": "If 1 A = k B, then n A = n * k B; to reach a unit further down, convert one step at a "
-                  "time and multiply by every factor on the way.",
-    "synth_relation": "\"The mentor of the mentor of X\" is found one link at a time: first X's mentor, then "
-                      "that person's mentor, taking exactly as many steps as the question names.",
-    "synth_place": "A person's province is the province of the town where the person lives; for \"the mentor "
-                   "of X\", first find the mentor, then where the mentor lives.",
-    "synth_rule": "A cloak rule depends on both the province and the good: find the town (a person's home "
-                  "town), then its province, then that province's rule for the good.",
-}
-# What the facts of each family mean (the last supplementary-knowledge item).
-MEANINGS = {
-    "synth_unit": "\"1 A = k B\" means one A is worth k B, so n A = n * k B.",
-    "synth_relation": "\"X is the mentor of Y\" means X is Y's mentor; each person has at most one mentor.",
-    "synth_place": "Each person lives in one town, and each town lies in one province.",
-    "synth_rule": "Each province sets its own cloak colour for each good.",
-}
-TARGETS = {"synth_unit": "an amount in another unit", "synth_relation": "a person",
-           "synth_place": "a town or a province", "synth_rule": "a cloak colour"}
 _WORD = re.compile(r"[A-Za-z]+")
 
 
@@ -113,44 +96,38 @@ class SynthTeacher:
         tail = f" {sol.answer[0].upper() + sol.answer[1:]} is option {letter}." if letter else ""
         return " ".join(sol.steps) + tail + f" {ANSWER_MARKER} {letter or sol.answer}."
 
-    def _method(self, rec: dict, mc: bool) -> list[str]:
-        finish = ("match the final answer to its option letter and end with "
-                  f"\"{ANSWER_MARKER} (X).\"" if mc else f"end with \"{ANSWER_MARKER} N.\" (N a whole number).")
-        return [f"The question asks for {TARGETS[rec['task']]}; work out which facts link the named things to it.",
-                RULES[rec["task"]],
-                f"State each fact before using it, then {finish}"]
-
     def _knowledge(self, rec: dict, sol) -> str:
+        """The facts the question needs plus one related fact, and one line on how many links to
+        follow: no method text repeated across items (a KARD passage or a KB entry is this text)."""
         related = self._related(rec, sol)
         facts = [self.world.facts[f] for f in sol.facts] + ([self.world.facts[related]] if related else [])
-        return _sections(self._method(rec, bool(rec["options"])), facts + [MEANINGS[rec["task"]]])
+        return _sections([_chain_lesson(len(sol.facts))], facts)
 
     def _error_analysis(self, rec: dict, sol, output: str) -> str:
+        """What went wrong in *this* output (no marker, facts not stated, a lure or unsupported
+        answer), then the facts the question needs. It never states the gold answer outright; the
+        facts, chained, give it (that is the knowledge the student lacked)."""
         mc = bool(rec["options"])
         _, said = split_rationale(output)
         lessons = []
         if ANSWER_MARKER not in output:
-            lessons.append(f"The response never reached \"{ANSWER_MARKER}\", so the question was left "
-                           "unsolved; a chain of known facts is short, so state them and conclude.")
+            lessons.append(f"The response never reached \"{ANSWER_MARKER}\"; state the facts and conclude.")
         low = output.lower()
         missed = [f for f in sol.facts if self.world.facts[f][:-1].lower() not in low]
         if missed:
-            lessons.append(f"It did not state {len(missed)} of the {len(sol.facts)} facts needed "
-                           f"(listed below); recall each one exactly instead of guessing.")
+            lessons.append(f"It did not state {len(missed)} of the {len(sol.facts)} facts needed; recall them "
+                           f"exactly instead of guessing.")
         given = _chosen(rec, said) if said else None
         if given == sol.answer:
-            lessons.append("Its final choice matches the facts, but the answer was not given in the expected "
-                           "form; write only the option letter or number after the marker.")
+            lessons.append("Its choice follows from the facts but was not written in the expected form.")
         elif given is not None and given in sol.lures:
-            lessons.append(f"It answered {given}, which a shorter or misdirected chain gives; this question "
-                           f"needs {len(sol.facts)} step(s), each starting from the previous result.")
+            lessons.append(f"Its answer comes from a shorter or misdirected chain; {_chain_lesson(len(sol.facts))}")
         elif given is not None:
-            lessons.append(f"It answered {given}, which the facts do not support"
-                           + ("; recompute each multiplication." if not mc else "."))
+            lessons.append("Its answer does not follow from the facts" + ("; recompute each product." if not mc
+                                                                             else "."))
         if not lessons:
             lessons.append("The final answer did not follow from the stated facts.")
-        return _sections(lessons + self._method(rec, mc), [self.world.facts[f] for f in sol.facts]
-                         + [MEANINGS[rec["task"]]])
+        return _sections(lessons, [self.world.facts[f] for f in sol.facts])
 
     def _related(self, rec: dict, sol) -> str | None:
         """One unused fact about an entity of the solution that names no distractor option."""
@@ -159,6 +136,11 @@ class SynthTeacher:
         cands = sorted(set().union(*(self._mentions.get(e, set()) for e in entities)) - set(sol.facts))
         cands = [c for c in cands if not avoid & set(_WORD.findall(self.world.facts[c]))]
         return random.Random(rec["uid"]).choice(cands) if cands else None
+
+
+def _chain_lesson(hops: int) -> str:
+    return f"Follow {hops} fact{'s' if hops > 1 else ''}, one link at a time." if hops > 1 else \
+        "One fact answers it; find the fact that names the asked thing."
 
 
 def _fail(msg: str) -> TeacherReply:

@@ -1,0 +1,68 @@
+"""A student's evaluation, stored beside its adapter and reused when the same student is asked
+the same prompts again (Std-CoT in 05 = NesyCD's S_P in 02/03; 08's students in 06)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+_EVAL_CODE = ("generate.py", "evaluate.py", "extract.py", "metrics.py", "flops.py")
+
+
+def evaluation_key(method: str, base: str, adapter_dir, eval_sets: dict[str, list[dict]], knowledge=None,
+                   max_new_tokens: int | None = None, seed: int = 42, specs: dict | None = None) -> str:
+    """What determines an evaluation's outputs: the student (base + adapter fingerprint), every
+    prompt, the caps and seed, the task specs (versions, or the whole of a spec passed in
+    ``specs``) and the evaluation code. Greedy outputs do not depend on the batch size
+    (nesylib.generate), so it is not part of the key."""
+    from dataclasses import asdict
+
+    from nesylib.evaluate import get_task_spec
+    from nesylib.runs import file_hash, stable_hash
+    from nesylib.students import inference_prompts
+
+    build, _ = inference_prompts(method, knowledge)
+    records = [r for recs in eval_sets.values() for r in recs]
+    student = "base"
+    if adapter_dir is not None:
+        adapter_dir = Path(adapter_dir)
+        result = adapter_dir.parent / "train_result.json"
+        student = (json.loads(result.read_text())["fingerprint"] if result.is_file()
+                   else file_hash(adapter_dir / "adapter_model.safetensors"))
+    here = Path(__file__).parent
+    return stable_hash({
+        "method": method, "base": str(base), "student": student, "max_new_tokens": max_new_tokens, "seed": seed,
+        "prompts": stable_hash([[r["uid"], build(r)] for r in records]),
+        "specs": {ds: (asdict(specs[ds]) if specs and ds in specs else get_task_spec(ds).version)
+                  for ds in sorted({r["dataset"] for r in records})},
+        "code": [file_hash(here / f) for f in _EVAL_CODE],
+    })
+
+
+def evaluate_cached(method: str, base: str, adapter_dir, eval_sets: dict[str, list[dict]], cache_root, *,
+                    knowledge=None, batch_size: int = 16, max_new_tokens: int | None = None, seed: int = 42,
+                    specs: dict | None = None, copy_to=None):
+    """``students.evaluate_student`` into ``cache_root/<method>-<evaluation_key>``, or the stored
+    result when that folder is complete (its summary.json is written last). Notebooks that
+    evaluate the same student on the same prompts (S_P in 03 and Std-CoT in 05, NesyCD's S_E in
+    08 and 06) then pay once. ``copy_to``: a folder (replaced) that gets a copy of the evaluation,
+    so a run folder stays browsable. Returns (EvalResult, folder, cached)."""
+    import shutil
+
+    from nesylib.data import read_jsonl
+    from nesylib.evaluate import EvalResult
+    from nesylib.students import evaluate_student
+
+    key = evaluation_key(method, base, adapter_dir, eval_sets, knowledge, max_new_tokens, seed, specs)
+    out = Path(cache_root) / f"{method}-{key}"
+    summary_file, samples = out / "summary.json", out / "samples.jsonl"
+    cached = summary_file.is_file() and samples.is_file()
+    if cached:
+        stored = json.loads(summary_file.read_text())
+        result = EvalResult(read_jsonl(samples), stored["summary"], stored["meta"], samples)
+    else:
+        result = evaluate_student(method, base, adapter_dir, eval_sets, out, knowledge=knowledge,
+                                  batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed, specs=specs)
+    if copy_to is not None:
+        shutil.rmtree(copy_to, ignore_errors=True)
+        shutil.copytree(out, copy_to)
+    return result, out, cached
