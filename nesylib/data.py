@@ -12,7 +12,7 @@ A record is a plain dict (so it drops straight into ``datasets.Dataset``):
     task_description  one sentence describing the task
     meta              dataset-specific extras (GSM8K solution, GSM-Plus perturbation type, ...)
 
-Conversion rules follow ../shared/docs/method.md §1.5 (D1, D3, D5, D6, D8).
+Conversion rules follow docs/method.md §1.5 (D1, D3, D5, D6, D8).
 """
 from __future__ import annotations
 
