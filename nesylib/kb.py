@@ -25,6 +25,7 @@ from pathlib import Path
 
 from nesylib.data import read_jsonl
 from nesylib.errors import ConfigError, DataError, NesylibError
+from nesylib.knowledge import REPLY_KEPT, excerpt
 from nesylib.prompts import ANSWER_MARKER, FORMAT_SENTENCE, NO_SUMMARY
 from nesylib.retrieval import RETRIEVERS, make_retriever
 from nesylib.teacher.base import TeacherReply, TeacherRequest
@@ -350,6 +351,7 @@ def build_kb(error_records: list[dict], teacher, temperature: float = 0.8, max_a
     prompts = [error_analysis_prompt(e["question"], e["stu_response"]) for e in error_records]
     accepted: dict[int, str] = {}
     reasons: dict[int, list[str]] = {i: [] for i in range(len(error_records))}
+    unparsed: dict[int, str] = {}  # item -> its first reply that had text but not the two sections
     pending = list(range(len(error_records)))
     for attempt in range(max_attempts):
         if not pending:
@@ -369,6 +371,8 @@ def build_kb(error_records: list[dict], teacher, temperature: float = 0.8, max_a
                 accepted[i] = reply.text
             else:
                 reasons[i].append(problem)
+                if reply.ok and reply.text is not None:
+                    unparsed.setdefault(i, reply.text)
                 still.append(i)
         pending = still
 
@@ -379,7 +383,8 @@ def build_kb(error_records: list[dict], teacher, temperature: float = 0.8, max_a
         if i not in accepted:
             kb.failures.append({"source_uid": err["uid"], "task": rec.get("task", ""), "attempts": len(reasons[i]),
                                 "reason": reasons[i][-1], "reasons": reasons[i], "student": student_name,
-                                "teacher": teacher.name, "prompt_version": prompt_version, "created": created})
+                                "teacher": teacher.name, "prompt_version": prompt_version, "created": created}
+                               | ({"reply": excerpt(unparsed[i], REPLY_KEPT)} if i in unparsed else {}))
             continue
         ls, sk = parse_analysis(accepted[i])
         kb.add({"source_uid": err["uid"], "task": rec["task"], "task_description": rec["task_description"],

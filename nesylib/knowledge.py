@@ -136,6 +136,7 @@ def generate_knowledge(records: list[dict], teacher: Teacher, max_attempts: int 
         seen.add(r["uid"])
     knowledge: dict[str, str] = {}
     reasons: dict[str, list[str]] = {r["uid"]: [] for r in records}
+    unparsed: dict[str, str] = {}  # uid -> its first reply that had text but not the two sections
     pending = list(records)
     for attempt in range(max_attempts):
         if not pending:
@@ -154,10 +155,101 @@ def generate_knowledge(records: list[dict], teacher: Teacher, max_attempts: int 
             text, why = parse_knowledge(rep.text)
             if text is None:
                 reasons[r["uid"]].append(why)
+                unparsed.setdefault(r["uid"], rep.text)
                 still.append(r)
             else:
                 knowledge[r["uid"]] = text
         pending = still
     failures = [{"uid": r["uid"], "attempts": len(reasons[r["uid"]]), "reasons": reasons[r["uid"]]}
+                | ({"reply": excerpt(unparsed[r["uid"]], REPLY_KEPT)} if r["uid"] in unparsed else {})
                 for r in pending]
     return knowledge, failures
+
+
+# ------------------------------------------------------------------------ enough knowledge?
+REPLY_KEPT, REPLY_SHOWN = 500, 200  # characters of an unparseable reply kept in a failure / shown in an error
+
+
+class NotEnoughKnowledge(ConfigError):
+    """The teacher or tutor gave usable knowledge for too few items for a knowledge method to run
+    under its own name (fix the teacher's parameters, or lower the threshold)."""
+
+
+def excerpt(text: str | None, limit: int) -> str | None:
+    """``text`` cut to ``limit`` characters (marked with an ellipsis), or None."""
+    if text is None:
+        return None
+    return text if len(text) <= limit else text[:limit].rstrip() + " …"
+
+
+def knowledge_summary(n_items: int, n_with_knowledge: int, failures, teacher_name: str,
+                      what: str = "knowledge") -> dict:
+    """Counts of a knowledge-producing step, for the notebook output and results.json.
+
+    ``failures`` is the failure list of ``generate_knowledge`` or ``KnowledgeBase.failures`` (or
+    just their number). Returns {what, teacher, items, with_knowledge, failures, share,
+    first_failure, first_unparseable_reply}; ``share`` is None when there were no items.
+    """
+    for name, value in (("n_items", n_items), ("n_with_knowledge", n_with_knowledge)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+    if n_with_knowledge > n_items:
+        raise ConfigError(f"n_with_knowledge={n_with_knowledge} exceeds n_items={n_items}")
+    rows = [] if isinstance(failures, int) else list(failures or [])
+    n_failures = failures if isinstance(failures, int) else len(rows)
+    first = rows[0] if rows else {}
+    reasons = first.get("reasons") or ([first["reason"]] if first.get("reason") else [])
+    reply = next((f["reply"] for f in rows if f.get("reply")), None)
+    return {"what": what, "teacher": teacher_name, "items": n_items, "with_knowledge": n_with_knowledge,
+            "failures": n_failures, "share": round(n_with_knowledge / n_items, 4) if n_items else None,
+            "first_failure": reasons[-1] if reasons else None,
+            "first_unparseable_reply": excerpt(reply, REPLY_SHOWN)}
+
+
+def describe_summary(summary: dict) -> str:
+    """One human-readable paragraph of a ``knowledge_summary``."""
+    share = "n/a" if summary["share"] is None else f"{summary['share']:.0%}"
+    text = (f"{summary['what']}: {summary['teacher']!s} gave usable knowledge for {summary['with_knowledge']} of "
+            f"{summary['items']} items ({share}), {summary['failures']} failures")
+    if summary["first_failure"]:
+        text += f"; first failure: {summary['first_failure']}"
+    if summary["first_unparseable_reply"]:
+        text += f"; first unparseable reply: {summary['first_unparseable_reply']!r}"
+    return text
+
+
+def require_knowledge(n_items: int, n_with_knowledge: int, failures, teacher_name: str, threshold: float = 0.5,
+                      what: str = "knowledge", *, fix: str = "the teacher's backend/model parameters",
+                      threshold_name: str = "min_knowledge_share") -> dict:
+    """Stop a notebook whose teacher/tutor gave knowledge for too few items; else return the counts.
+
+    Raises ``NotEnoughKnowledge`` (a ``ConfigError``) naming the teacher, the counts (items, with
+    knowledge, failures), the first failure and unparseable reply, and what to change (``fix``, or
+    lowering ``threshold_name``) when ``n_with_knowledge / n_items < threshold``. With no items at
+    all nothing was asked, so nothing is judged. Returns ``knowledge_summary(...)``.
+    """
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+        raise ConfigError(f"parameter {threshold_name!r} must be a number in [0, 1], got {threshold!r}")
+    summary = knowledge_summary(n_items, n_with_knowledge, failures, teacher_name, what)
+    if n_items and n_with_knowledge / n_items < threshold:
+        raise NotEnoughKnowledge(
+            f"{describe_summary(summary)}. That is below {threshold_name}={threshold}, so the method would run "
+            f"on (almost) no knowledge under its own name. Check {fix}: the endpoint, the model, and that its "
+            f"replies hold the expected sections; or lower {threshold_name} to accept fewer items with knowledge.")
+    return summary
+
+
+def require_kb_entries(n_entries: int, kb_path, n_errors: int | None, n_failures: int, tutor_name: str,
+                       where: str = "02_kb_construction") -> None:
+    """Refuse to train or evaluate NesyCD on an empty knowledge base (``NotEnoughKnowledge``): the
+    error names the KB file, why it is empty (no student errors, or the tutor failed on all) and
+    ``where`` it is built."""
+    if n_entries > 0:
+        return
+    why = ("the student made no errors on the training questions it answered" if not n_errors
+           else f"tutor {tutor_name!s} gave no usable analysis for any of the student's {n_errors} errors "
+                f"({n_failures} failures)")
+    raise NotEnoughKnowledge(
+        f"NesyCD needs knowledge, but the knowledge base {kb_path} has no entries: {why}. Rebuild it in "
+        f"{where} (check the tutor's backend/model parameters, or let the student answer more training "
+        f"questions) instead of training a NesyCD student without knowledge.")

@@ -8,8 +8,20 @@ Layout of one preset run (``results/runs/<preset>/``)::
     00_data/results.json          what the notebook reports
     00_data/done.json             cache key of a completed run (inputs unchanged => skipped)
     ...                           the notebook's own artifacts
+    00_data.failed/               the last failed attempt, when there is one (see below)
+    students/                     trained students and their evaluations, shared by all notebooks
+    stores/01_teacher_distillation/teacher_store.jsonl   paid-call stores, outside every run folder
 
 Notebooks pass artifacts only through these folders: nothing travels by hidden global state.
+
+``run_preset`` runs each notebook into a fresh staging folder (a unique hidden sibling of its
+folder, named by ``nesylib.atomic.tmp_path``) and swaps it in, with its executed notebook, only when
+the notebook succeeded: a folder then always describes one complete run. A failed attempt leaves
+the previous folder, its metadata and its executed notebook untouched; what it wrote (params.json,
+env.json, partial artifacts), its executed notebook with the traceback and an ``error.txt`` go to
+``<notebook>.failed/``, replaced by the next failure and removed by the next success. Call stores
+(``RunContext.store``) live under ``<run_root>/stores/<notebook>/``, outside the swap, so the calls
+a failed or killed run paid for are found by the next run.
 """
 from __future__ import annotations
 
@@ -20,6 +32,7 @@ import os
 import platform
 import random
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -31,7 +44,7 @@ from pathlib import Path
 
 import yaml
 
-from nesylib.atomic import atomic_file
+from nesylib.atomic import atomic_file, remove_stale_tmps, replace_dir, tmp_path
 from nesylib.errors import ConfigError, NesylibError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -157,15 +170,50 @@ def set_seed(seed: int) -> None:
 
 
 # ------------------------------------------------------------------------- notebook context
+STAGE_NAME_ENV, STAGE_DIR_ENV = "NESYLIB_STAGE_NAME", "NESYLIB_STAGE_DIR"
+STORES_DIR = "stores"
+FAILED_SUFFIX = ".failed"
+
+
 @dataclass
 class RunContext:
-    """What a notebook gets from ``start``: its folder, its params, and helpers to save results."""
+    """What a notebook gets from ``start``: its folder, its params, and helpers to save results.
+
+    ``dir`` is where the notebook writes; under ``run_preset`` it is a staging folder that becomes
+    ``final_dir`` (``<run_root>/<name>``) once the notebook has succeeded. Both sit in the run root,
+    so ``dir.parent`` is the run root either way.
+    """
     name: str
     dir: Path
     params: dict
+    final_dir: Path | None = None
+
+    def __post_init__(self):
+        if self.final_dir is None:
+            self.final_dir = self.dir
 
     def path(self, *parts) -> Path:
         p = self.dir.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def store(self, filename: str) -> Path:
+        """Where this notebook keeps a persistent call store: ``<run_root>/stores/<name>/<filename>``.
+
+        It lives outside the run folder, so neither the staging swap nor a failed or killed run
+        loses a paid call. A store left in the run folder by an older version (``<run_root>/<name>/
+        <filename>``) is copied there the first time (the old folder is not changed).
+        """
+        p = self.dir.parent / STORES_DIR / self.name / filename
+        legacy = self.final_dir / filename
+        if not p.exists() and legacy.is_file():
+            p.parent.mkdir(parents=True, exist_ok=True)
+            tmp = tmp_path(p)
+            try:
+                shutil.copyfile(legacy, tmp)
+                os.replace(tmp, p)
+            finally:
+                tmp.unlink(missing_ok=True)
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
 
@@ -179,7 +227,23 @@ class RunContext:
         return d
 
     def save_results(self, results: dict) -> Path:
-        return write_json(self.dir / "results.json", results)
+        """Write results.json; paths into the staging folder are written as the final folder's."""
+        return write_json(self.dir / "results.json", self.final_paths(results))
+
+    def final_paths(self, obj):
+        """``obj`` with every string path under ``dir`` rewritten to the same path under ``final_dir``."""
+        if self.final_dir == self.dir:
+            return obj
+        stage, final = str(self.dir), str(self.final_dir)
+        if isinstance(obj, dict):
+            return {k: self.final_paths(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return [self.final_paths(v) for v in obj]
+        if isinstance(obj, Path):
+            obj = str(obj)
+        if isinstance(obj, str) and (obj == stage or obj.startswith(stage + os.sep)):
+            return final + obj[len(stage):]
+        return obj
 
 
 def validate(params: dict, schema: dict) -> None:
@@ -201,13 +265,27 @@ def start(name: str, params: dict, schema: dict | None = None, run_root: str | P
     if schema:
         validate(params, schema)
     root = Path(run_root or params.get("run_root") or RUNS_DIR / str(params.get("preset", "adhoc")))
-    run_dir = root / name
+    final_dir = root / name
+    run_dir = _staging_dir(name, root) or final_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     clean = {k: v for k, v in params.items() if not k.startswith("_")}
     write_json(run_dir / "params.json", clean)
     write_json(run_dir / "env.json", capture_env())
     set_seed(int(params.get("seed", 42)))
-    return RunContext(name=name, dir=run_dir, params=clean)
+    return RunContext(name=name, dir=run_dir, params=clean, final_dir=final_dir)
+
+
+def _staging_dir(name: str, root: Path) -> Path | None:
+    """The staging folder ``run_preset`` made for notebook ``name`` (passed to the kernel through
+    the environment), or None when the notebook runs on its own (papermill, Jupyter)."""
+    stage = os.environ.get(STAGE_DIR_ENV)
+    if not stage or os.environ.get(STAGE_NAME_ENV) != name:
+        return None
+    stage = Path(stage)
+    if stage.parent.resolve() != root.resolve():
+        raise ConfigError(f"{name}: the runner staged this notebook in {stage}, but its run_root is {root}; "
+                          f"run_root must be the folder the runner passed ({stage.parent})")
+    return stage
 
 
 # ---------------------------------------------------------------------------- orchestration
@@ -348,8 +426,6 @@ def run_preset(preset_name: str, only: list[str] | None = None, force: bool = Fa
 
 
 def _run_notebooks(preset: dict, root: Path, only, force: bool, notebooks_dir: Path, kernel, log) -> list[dict]:
-    import papermill as pm
-
     nbs = list_notebooks(notebooks_dir)
     skip = set(preset.get("skip", []) or [])
     if only:
@@ -375,14 +451,112 @@ def _run_notebooks(preset: dict, root: Path, only, force: bool, notebooks_dir: P
             summary.append({"notebook": stem, "status": "cached"})
             continue
         log(f"[{i}/{len(nbs)}] {stem}: running ...")
-        t0 = time.time()
-        pm.execute_notebook(str(nb), str(root / f"{stem}.ipynb"), parameters=params, kernel_name=kernel,
-                            progress_bar=False, cwd=str(notebooks_dir))
-        secs = time.time() - t0
-        write_json(done, {"key": key, "seconds": secs, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        secs = run_notebook(nb, root, params, key, notebooks_dir, kernel, log=log)
         log(f"[{i}/{len(nbs)}] {stem}: done in {secs:.0f} s")
         summary.append({"notebook": stem, "status": "ran", "seconds": secs})
     return summary
+
+
+@contextmanager
+def _stage_env(stem: str, stage: Path):
+    """Tell the notebook's kernel (started by papermill with this process's environment) where
+    ``start`` must put its folder."""
+    saved = {k: os.environ.get(k) for k in (STAGE_NAME_ENV, STAGE_DIR_ENV)}
+    os.environ[STAGE_NAME_ENV], os.environ[STAGE_DIR_ENV] = stem, str(stage)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def run_notebook(nb: Path, root: Path, params: dict, key: str, notebooks_dir: Path = NOTEBOOKS_DIR,
+                 kernel: str | None = None, log=print) -> float:
+    """Execute one notebook into a staging folder and swap it in on success; returns its seconds.
+
+    The notebook writes into a fresh staging folder ``tmp_path(<root>/<stem>)``, and papermill
+    writes the executed notebook into it too. On success done.json is written there, the executed
+    notebook is moved to ``<root>/<stem>.ipynb`` and the staging folder replaces ``<root>/<stem>``
+    (``replace_dir``). On any failure the staging folder, executed notebook included, becomes
+    ``<root>/<stem>.failed/`` with an ``error.txt``; the previous complete folder and executed
+    notebook stay as they were, and the error is raised again.
+    """
+    import papermill as pm
+
+    stem = nb.stem
+    final, out_nb, failed = root / stem, root / f"{stem}.ipynb", root / f"{stem}{FAILED_SUFFIX}"
+    for target in (final, out_nb, failed):
+        remove_stale_tmps(target)  # staging left by a killed runner on this host
+    stage = tmp_path(final)
+    stage.mkdir()
+    nb_tmp = stage / out_nb.name
+    t0 = time.time()
+    try:
+        with _stage_env(stem, stage):
+            pm.execute_notebook(str(nb), str(nb_tmp), parameters=params, kernel_name=kernel,
+                                progress_bar=False, cwd=str(notebooks_dir))
+        secs = time.time() - t0
+        write_json(stage / "done.json", {"key": key, "seconds": secs,
+                                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        _set_output_path(nb_tmp, out_nb)
+        # the notebook first: should the process die between the two renames, the old done.json
+        # still describes the old folder, so the next run repeats this one instead of trusting it
+        os.replace(nb_tmp, out_nb)
+        replace_dir(stage, final)
+    except BaseException as e:
+        _record_failure(e, stem, stage, failed, params, key, time.time() - t0)
+        log(f"{stem}: failed; the previous run (if any) is kept in {final}, this attempt is in {failed}")
+        raise
+    if failed.exists():
+        shutil.rmtree(failed, ignore_errors=True)  # that failure is superseded by this run
+    return secs
+
+
+def _set_output_path(nb_file: Path, final: Path) -> None:
+    """Record where the executed notebook ends up (papermill recorded the staging path)."""
+    import nbformat
+
+    if not nb_file.is_file():
+        return
+    nb = nbformat.read(str(nb_file), as_version=4)
+    if "papermill" in nb.metadata:
+        nb.metadata["papermill"]["output_path"] = str(final)
+        nbformat.write(nb, str(nb_file))
+
+
+def _error_text(e: BaseException) -> str:
+    ansi = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+    lines = [f"{type(e).__name__}: {e}"]
+    if hasattr(e, "ename"):  # papermill.PapermillExecutionError: the notebook's own error and traceback
+        lines = [f"{e.ename}: {e.evalue}", f"in cell {getattr(e, 'exec_count', '?')} of the notebook", "",
+                 *[ansi.sub("", t) for t in (getattr(e, "traceback", None) or [])]]
+    return "\n".join(lines) + "\n"
+
+
+def _record_failure(e: BaseException, stem: str, stage: Path, failed: Path, params: dict,
+                    key: str, secs: float) -> None:
+    """Move a failed attempt's staging folder to ``failed`` with its executed notebook and error.txt.
+
+    Never raises: the notebook's own error is the one the caller reports.
+    """
+    try:
+        stage.mkdir(exist_ok=True)
+        if not (stage / "params.json").is_file():  # it failed before start(): the runner's parameters
+            write_json(stage / "params.json", params)
+        text = (f"{stem} failed after {secs:.0f} s at {time.strftime('%Y-%m-%dT%H:%M:%S')} "
+                f"(cache key {key}); the previous complete run, if any, is untouched in ../{stem}/\n\n"
+                + _error_text(e))
+        (stage / "error.txt").write_text(text, encoding="utf-8")
+        try:
+            _set_output_path(stage / f"{stem}.ipynb", failed / f"{stem}.ipynb")
+        except Exception:  # noqa: BLE001 - an unreadable notebook is kept as papermill left it
+            pass
+        replace_dir(stage, failed)
+    except Exception:  # noqa: BLE001 - best effort; clean up what is left
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 EXPORT_SUFFIXES = (".csv", ".png", ".md")
@@ -400,7 +574,8 @@ def export_results(preset_name: str, run_root: str | Path | None = None, dest: s
     if not root.is_dir():
         raise ConfigError(f"no run folder {root}: run `python -m nesylib run --preset {preset_name}` first")
     copied = []
-    for nb_dir in sorted(p for p in root.iterdir() if p.is_dir() and (p / "results.json").is_file()):
+    for nb_dir in sorted(p for p in root.iterdir() if p.is_dir() and (p / "results.json").is_file()
+                         and not p.name.startswith(".") and not p.name.endswith(FAILED_SUFFIX)):
         out = dest / nb_dir.name
         out.mkdir(parents=True, exist_ok=True)
         keep = [nb_dir / n for n in ("results.json", "env.json", "params.json") if (nb_dir / n).is_file()]

@@ -12,9 +12,11 @@ only rationales whose answer matches the gold answer are kept (CasCoD's "right a
 * `teacher_backend="openai"`: any OpenAI-compatible endpoint (OpenAI, a vLLM or llama.cpp server) via
   `teacher_base_url` and `teacher_model`; the key is read from the environment variable named by
   `api_key_env` and is never written anywhere. Every call goes through a persistent store: re-running is
-  free, a crash loses nothing paid for, and the store file can be shared. An unreachable endpoint stops
-  the notebook within a few calls; calls still failed after their retries (or items with no reply at
-  all) stop it after the accepted rationales are saved, and a re-run asks exactly those calls again.
+  free, a crash loses nothing paid for, and the store file can be shared (by default under
+  `<run_root>/stores/`, outside the run folder, so a failed or forced re-run finds every paid call).
+  An unreachable endpoint stops the notebook within a few calls; calls still failed after their
+  retries (or items with no reply at all) stop it after the accepted rationales are saved, and a re-run
+  asks exactly those calls again.
 * `teacher_backend="local"`: a local transformers chat model.""",
     """# parameters
 preset = "adhoc"
@@ -34,7 +36,7 @@ concurrency = 8
 max_retries = 6             # extra attempts for any failed call (429/5xx, timeout, malformed or empty reply)
 budget_usd = None           # stop new paid calls beyond this spend
 price_in_out = None         # [USD per 1M input tokens, USD per 1M output tokens] for the cost summary
-store_path = None           # None: <run dir>/teacher_store.jsonl""",
+store_path = None           # None: <run_root>/stores/01_teacher_distillation/teacher_store.jsonl""",
     """import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
@@ -59,7 +61,7 @@ print(f"{len(train)} training questions")""",
 else:
     prices = {teacher_model: price_in_out} if price_in_out else None
     teacher = teacher_from_params(teacher_backend, teacher_model, base_url=teacher_base_url, api_key_env=api_key_env,
-                                  store_path=store_path or ctx.path("teacher_store.jsonl"), concurrency=concurrency,
+                                  store_path=store_path or ctx.store("teacher_store.jsonl"), concurrency=concurrency,
                                   budget_usd=budget_usd, price_table=prices, max_retries=max_retries)
     rset = generate_rationales(train, teacher, schedule=SampleSchedule(max_rounds=max_rounds), seed=seed,
                                progress=print)

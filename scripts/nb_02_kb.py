@@ -13,7 +13,9 @@ human-readable symbolic knowledge base (KB) written from the student's own error
    the evaluation comparator and kept as an error or a correct case.
 3. **Symbolic knowledge distillation.** The tutor T_T reads each error (question + wrong answer) and writes a
    `Learning Summary:` and `Supplementary Knowledge:` (the project's error-analysis prompt, D12). Invalid or
-   failed replies are asked again (3 attempts) and then recorded as failures, never silently dropped.
+   failed replies are asked again (3 attempts) and then recorded as failures, never silently dropped; when
+   fewer than `min_knowledge_share` of the errors get a usable analysis, the notebook stops, naming the tutor,
+   the counts and the first unparseable reply.
 4. **The KB** is saved as `kb.jsonl` (one entry a line, with provenance: source item, student, tutor, prompt
    version) — it can be edited by hand and is reloaded by `03_nesycd_training`, which retrieves from it with
    BM25 or dense retrieval over `task_description + question` (D13).
@@ -40,14 +42,15 @@ tutor_backend = "derived"    # derived | openai | local
 tutor_model = None           # openai/local: the model name
 tutor_base_url = None        # openai: e.g. http://localhost:8000/v1 for a vLLM server
 api_key_env = "OPENAI_API_KEY"
-store_path = None            # None: tutor_store.jsonl in this notebook's run folder
+store_path = None            # None: <run_root>/stores/02_kb_construction/tutor_store.jsonl
 concurrency = 8
 budget_usd = None            # stop new paid tutor calls beyond this spend (needs price_in_out)
 price_in_out = None          # [USD per 1M input tokens, USD per 1M output tokens] of tutor_model
 demo_items_per_task = None   # S_P answers at most this many training questions per task; None: all
 retriever = "bm25"           # bm25 | dense, for the retrieval example below
 gate = False                 # True: S_P's confidence margins on the demonstrations, to judge 03's gate
-gate_threshold = 68.0""",
+gate_threshold = 68.0
+min_knowledge_share = 0.5    # stop when the tutor gives a usable analysis for fewer of S_P's errors""",
     """import matplotlib.pyplot as plt
 import pandas as pd
 
@@ -60,12 +63,13 @@ params = dict(preset=preset, run_root=run_root, data_dir=data_dir, seed=seed, st
               eval_batch_size=eval_batch_size, max_new_tokens=max_new_tokens, tutor_backend=tutor_backend,
               tutor_model=tutor_model, tutor_base_url=tutor_base_url, api_key_env=api_key_env, store_path=store_path,
               concurrency=concurrency, budget_usd=budget_usd, price_in_out=price_in_out,
-              demo_items_per_task=demo_items_per_task, retriever=retriever, gate=gate, gate_threshold=gate_threshold)
+              demo_items_per_task=demo_items_per_task, retriever=retriever, gate=gate, gate_threshold=gate_threshold,
+              min_knowledge_share=min_knowledge_share)
 ctx = runs.start("02_kb_construction", params,
                  schema={**experiment.SELECTION_SCHEMA, "train": dict, "eval_batch_size": int,
                          "tutor_backend": list(nesycd.TUTOR_BACKENDS), "retriever": ["bm25", "dense"],
                          "concurrency": int, "demo_items_per_task": (int, type(None)), "gate": bool,
-                         "gate_threshold": (int, float)})
+                         "gate_threshold": (int, float), "min_knowledge_share": (int, float)})
 cfg = students.train_config(train)
 train_recs = experiment.load_training_set(ctx)
 print(f"backend {backend}; {len(train_recs)} training items with an accepted rationale")""",
@@ -88,10 +92,11 @@ print(f"S_P answered {len(demo_recs)} training questions in {demo_eval.summary['
       f"{len(errors)} errors, {len(corrects)} correct")
 counts = pd.DataFrame([{"task": t, "items": sum(d["record"]["task"] == t for d in errors + corrects),
                         "errors": sum(d["record"]["task"] == t for d in errors)}
-                       for t in dict.fromkeys(r["task"] for r in demo_recs)])
+                       for t in dict.fromkeys(r["task"] for r in demo_recs)], columns=["task", "items", "errors"])
 counts["error_rate"] = (counts.errors / counts["items"]).round(3)
 counts""",
-    """if gate:
+    """gate_table = None
+if gate and errors + corrects:
     # How well would the confidence gate (03) separate questions S_P gets wrong from those it gets right?
     from nesylib.kb import confidence_margin
     from nesylib.train import load_student
@@ -109,7 +114,7 @@ counts""",
     """from nesylib.kb import build_kb
 
 tutor = nesycd.tutor_from_params(tutor_backend, train_recs, tutor_model, tutor_base_url, api_key_env,
-                                 store_path or ctx.path("tutor_store.jsonl"), concurrency, budget_usd,
+                                 store_path or ctx.store("tutor_store.jsonl"), concurrency, budget_usd,
                                  {tutor_model: price_in_out} if price_in_out else None)
 kb = build_kb(errors, tutor, student_name=f"S_P {student} ({sp_dir.name})")
 kb_path = kb.save(ctx.path("kb.jsonl"))
@@ -117,8 +122,15 @@ tutor_calls = tutor.summary.as_dict() if hasattr(tutor, "summary") else {"calls"
 print(f"tutor {tutor.name}: {len(kb)} entries, {len(kb.failures)} failures -> {kb_path}")
 stats = pd.DataFrame(nesycd.kb_statistics(kb, errors, corrects))
 stats""",
-    """if kb.failures:
-    display(pd.DataFrame(kb.failures)[["source_uid", "task", "attempts", "reason"]])""",
+    """from nesylib.knowledge import describe_summary, require_knowledge
+
+if kb.failures:
+    failures_table = pd.DataFrame(kb.failures)
+    display(failures_table[[c for c in ("source_uid", "task", "attempts", "reason", "reply") if c in failures_table]])
+# too few analyses: stop here rather than let 03 train a "NesyCD" student without knowledge
+kb_check = require_knowledge(len(errors), len(kb), kb.failures, tutor.name, min_knowledge_share, "NesyCD KB (02)",
+                             fix="the tutor parameters (tutor_backend, tutor_model, tutor_base_url, api_key_env)")
+print(describe_summary(kb_check))""",
     """fig, ax = plt.subplots(figsize=(8, max(2.5, 0.35 * len(stats))))
 per_task = stats[stats.task != "all"]
 ax.barh(per_task.task, per_task["items"], color="tab:gray", alpha=0.35, label="questions answered by S_P")
@@ -145,7 +157,7 @@ plt.show()""",
 eval_sets = experiment.select_eval(eval_per_task, bbh_tasks, seed, data_dir)
 examples = [recs[0] for recs in eval_sets.values() if recs][:3]
 retrieval_example = []
-if len(kb):
+if len(kb) and examples:
     kb.index(retriever)
     for rec in examples:
         hits = kb.retrieve(rec, k=3)
@@ -159,8 +171,11 @@ if len(kb):
     print()
     print("P-KB prompt of the first test question (top hit inserted):")
     print(prompts.kb(examples[0], kb.knowledge_for(examples[0]))[:1500])
+elif not len(kb):
+    print(f"The KB is empty ({len(errors)} errors of S_P, {len(kb.failures)} tutor failures): "
+          "03 refuses to train NesyCD on it.")
 else:
-    print("The KB is empty (S_P made no errors or the tutor failed on all): 03 then trains and answers with P-STD.")""",
+    print("No test questions selected (eval_per_task): nothing to retrieve for.")""",
     """sp_train = {k: sp_metrics.get(k) for k in ("steps", "seconds", "final_loss", "tokens_per_s")}
 results_path = ctx.save_results({
     "student": student, "backend": backend, "sp_adapter": str(sp_adapter),
@@ -170,8 +185,9 @@ results_path = ctx.save_results({
     "kb_path": str(kb_path), "kb_entries": len(kb), "failures": len(kb.failures),
     "failures_path": str(kb.failures_path(kb_path)) if kb.failures else None,
     "tutor": tutor.name, "tutor_calls": tutor_calls, "per_task": nesycd.kb_statistics(kb, errors, corrects),
+    "knowledge_check": kb_check | {"min_knowledge_share": min_knowledge_share},
     "retriever": retriever, "retrieval_example": retrieval_example,
-    "gate_diagnostic": gate_table.reset_index().to_dict("records") if gate else None,
+    "gate_diagnostic": gate_table.reset_index().to_dict("records") if gate_table is not None else None,
 })
 print(f"KB: {len(kb)} entries from {len(errors)} errors of {len(demo_recs)} answered training questions")""",
 ])

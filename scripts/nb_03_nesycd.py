@@ -45,6 +45,7 @@ import pandas as pd
 
 from nesylib import experiment, nesycd, prompts, runs, students
 from nesylib.kb import KnowledgeBase
+from nesylib.knowledge import require_kb_entries
 from nesylib.train import pick_backend
 
 backend = pick_backend()  # before transformers is used: unsloth patches it on a GPU
@@ -63,7 +64,10 @@ if not 1 <= k_insert <= k_retrieve:
 cfg = students.train_config(train)
 kb_run = ctx.upstream("02_kb_construction")
 kb_info = json.loads((kb_run / "results.json").read_text())
-kb = KnowledgeBase.load(kb_run / "kb.jsonl").index(retriever)
+kb = KnowledgeBase.load(kb_run / "kb.jsonl")
+# NesyCD without knowledge is not NesyCD: an empty KB stops here, naming 02's KB and why it is empty
+require_kb_entries(len(kb), kb_run / "kb.jsonl", kb_info.get("errors"), kb_info.get("failures", 0), kb_info["tutor"])
+kb.index(retriever)
 train_recs = experiment.load_training_set(ctx)
 eval_sets = experiment.select_eval(eval_per_task, bbh_tasks, seed, data_dir)
 test_recs = [r for recs in eval_sets.values() for r in recs]
@@ -80,8 +84,10 @@ se_dir = students.student_dir(ctx.dir.parent, "kb", se_examples, cfg, student)
 se = students.train_student("kb", se_examples, cfg, se_dir, student)
 print(f"S_E: {se.adapter_dir} {'(cached)' if se.cached else ''}")
 print(f"  {se.metrics['steps']} steps, final loss {se.metrics['final_loss']}, {se.metrics['seconds']} s")
-print("--- one P-KB training prompt ---")
-print((part_a[0] if part_a else se_examples[0]).prompt[:1200])""",
+shown = part_a[0] if part_a else (se_examples[0] if se_examples else None)
+if shown is not None:
+    print("--- one P-KB training prompt ---" if part_a else "--- one training prompt (no P-KB example) ---")
+    print(shown.prompt[:1200])""",
     """#md
 ## Inference with retrieved knowledge""",
     """gate_fn = None
@@ -98,7 +104,7 @@ top = dict(zip([r["uid"] for r in test_recs], kb.retrieve_many(test_recs, k=1)))
 retrieval = pd.DataFrame([{
     "dataset": r["dataset"], "knowledge": knowledge[r["uid"]] != prompts.NO_SUMMARY,
     "same_task_hit": bool(top[r["uid"]]) and kb.entries[top[r["uid"]][0]["docid"]]["task"] == r["task"],
-} for r in test_recs]).groupby("dataset", sort=False).mean().round(3)
+} for r in test_recs], columns=["dataset", "knowledge", "same_task_hit"]).groupby("dataset", sort=False).mean().round(3)
 retrieval.columns = ["share with knowledge inserted", "top hit from the same task"]
 retrieval""",
     """evals = {}
@@ -117,13 +123,17 @@ row = students.result_row("kb", res_kb, se.metrics, kb_entries=len(kb), tutor=kb
                           retriever=retriever, k_retrieve=k_retrieve, k_insert=k_insert, gate=gate,
                           own_summary=own_summary,
                           knowledge_rate=round(sum(t != prompts.NO_SUMMARY for t in knowledge.values())
-                                               / len(knowledge), 4))
+                                               / len(knowledge), 4) if knowledge else None)
 print(f"NesyCD S_E{' (stored answers reused)' if cached else ''}: ID avg {row['id_avg']}, OOD avg {row['ood_avg']}")
 pd.DataFrame([row]).to_csv(ctx.path("nesycd.csv"), index=False)
-sample = next((s for s in res_kb.rows if prompts.KB_INTRO in s["prompt"]), res_kb.rows[0])
-print("--- a P-KB test prompt and S_E's answer ---")
-print(sample["prompt"][-1200:])
-print(">>>", sample["output"][:600])""",
+sample = next((s for s in res_kb.rows if prompts.KB_INTRO in s["prompt"]), res_kb.rows[0] if res_kb.rows else None)
+if sample is None:
+    print("no test questions were evaluated (eval_per_task)")
+else:
+    print("--- a P-KB test prompt and S_E's answer ---" if prompts.KB_INTRO in sample["prompt"]
+          else "--- a test prompt (no knowledge retrieved for any) and S_E's answer ---")
+    print(sample["prompt"][-1200:])
+    print(">>>", sample["output"][:600])""",
     """#md
 ## What the knowledge adds: S_P vs S_E without knowledge vs S_E with the KB""",
     """ablation = []

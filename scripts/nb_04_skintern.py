@@ -41,7 +41,7 @@ knowledge_backend = "derived"  # derived | openai | local
 knowledge_model = None         # openai/local: the model name
 knowledge_base_url = None      # openai: e.g. http://localhost:8000/v1 for a vLLM server
 api_key_env = "OPENAI_API_KEY"
-store_path = None              # None: knowledge_store.jsonl in this notebook's run folder
+store_path = None              # None: <run_root>/stores/04_skintern_curriculum/knowledge_store.jsonl
 concurrency = 8
 budget_usd = None              # stop new paid knowledge calls beyond this spend (needs price_in_out)
 price_in_out = None            # [USD per 1M input tokens, USD per 1M output tokens] of knowledge_model
@@ -52,7 +52,8 @@ demo_mode = "random"           # random (seeded per item and stage, D16) | simil
 compressor = "auto"            # auto | self-info | truncate | llmlingua2
 compressor_model = None        # self-info scorer; None: the student
 epochs_budget = None           # None: the Std-CoT budget of train (its max_steps, else its epochs)
-stage_cutoff_len = None        # None: train's cutoff_len; smaller caps the stage prompts (a cost knob)""",
+stage_cutoff_len = None        # None: train's cutoff_len; smaller caps the stage prompts (a cost knob)
+min_knowledge_share = 0.5      # stop when the writer gives usable knowledge for fewer of the training items""",
     """import dataclasses
 
 import matplotlib.pyplot as plt
@@ -69,13 +70,14 @@ params = dict(preset=preset, run_root=run_root, data_dir=data_dir, seed=seed, st
               store_path=store_path, concurrency=concurrency, budget_usd=budget_usd, price_in_out=price_in_out,
               stages_T=stages_T,
               schedule_kind=schedule_kind, max_demos=max_demos, demo_mode=demo_mode, compressor=compressor,
-              compressor_model=compressor_model, epochs_budget=epochs_budget, stage_cutoff_len=stage_cutoff_len)
+              compressor_model=compressor_model, epochs_budget=epochs_budget, stage_cutoff_len=stage_cutoff_len,
+              min_knowledge_share=min_knowledge_share)
 ctx = runs.start("04_skintern_curriculum", params,
                  schema={**experiment.SELECTION_SCHEMA, "train": dict, "eval_batch_size": int,
                          "knowledge_backend": list(nesycd.TUTOR_BACKENDS), "concurrency": int, "stages_T": int,
                          "schedule_kind": list(curriculum.KINDS), "max_demos": int, "demo_mode": ["random", "similar"],
                          "compressor": list(compress.COMPRESSORS), "epochs_budget": (int, float, type(None)),
-                         "stage_cutoff_len": (int, type(None))})
+                         "stage_cutoff_len": (int, type(None)), "min_knowledge_share": (int, float)})
 cfg = students.train_config(train)
 cutoff = stage_cutoff_len or cfg.cutoff_len
 if cutoff > cfg.cutoff_len:
@@ -87,10 +89,10 @@ print(f"backend {backend}; {len(train_recs)} training items; evaluation:", {k: l
 pd.DataFrame(schedule.table())""",
     """#md
 ## 1 · Knowledge for every training item""",
-    """from nesylib.knowledge import generate_knowledge
+    """from nesylib.knowledge import describe_summary, generate_knowledge, require_knowledge
 
 writer = nesycd.tutor_from_params(knowledge_backend, train_recs, knowledge_model, knowledge_base_url, api_key_env,
-                                  store_path or ctx.path("knowledge_store.jsonl"), concurrency, budget_usd,
+                                  store_path or ctx.store("knowledge_store.jsonl"), concurrency, budget_usd,
                                   {knowledge_model: price_in_out} if price_in_out else None)
 knowledge, k_failures = generate_knowledge(train_recs, writer)
 runs.write_jsonl(experiment.knowledge_file(ctx.dir),
@@ -100,15 +102,24 @@ writer_calls = writer.summary.as_dict() if hasattr(writer, "summary") else {"cal
 k_table = pd.DataFrame([{"task": t, "items": sum(r["task"] == t for r in train_recs),
                          "with_knowledge": sum(r["task"] == t and r["uid"] in knowledge for r in train_recs),
                          "words_mean": round(pd.Series([len(knowledge[r["uid"]].split()) for r in train_recs
-                                                        if r["task"] == t and r["uid"] in knowledge]).mean(), 1)}
+                                                        if r["task"] == t and r["uid"] in knowledge],
+                                                       dtype=float).mean(), 1)}
                         for t in dict.fromkeys(r["task"] for r in train_recs)])
 print(f"writer {writer.name}: knowledge for {len(knowledge)} of {len(train_recs)} items, {len(k_failures)} failures")
 if k_failures:
     display(pd.DataFrame(k_failures))
-k_table""",
-    """example = next(r for r in train_recs if r["uid"] in knowledge)
-print(example["uid"], "| gold:", example["answer"])
-print(knowledge[example["uid"]])""",
+display(k_table)
+# too little knowledge: stop rather than train and report a "SKIntern" student that internalised none
+k_check = require_knowledge(len(train_recs), len(knowledge), k_failures, writer.name, min_knowledge_share,
+                            "SKIntern knowledge (04)", fix="the knowledge writer's parameters (knowledge_backend, "
+                            "knowledge_model, knowledge_base_url, api_key_env)")
+print(describe_summary(k_check))""",
+    """example = next((r for r in train_recs if r["uid"] in knowledge), None)
+if example is None:
+    print("no training item has knowledge")
+else:
+    print(example["uid"], "| gold:", example["answer"])
+    print(knowledge[example["uid"]])""",
     """#md
 ## 2 · Compression per stage (requested vs achieved keep-ratio)""",
     """from transformers import AutoConfig, AutoTokenizer
@@ -123,9 +134,12 @@ k_stages, comp_report = compress.compress_stages(knowledge, schedule, comp, toke
 del comp  # the scorer model is not needed any more
 print(f"compressor {comp_report[0]['compressor']} (requested {compressor!r})")
 pd.DataFrame(comp_report)""",
-    """for t in schedule.stages:
-    print(f"--- stage {t} (keep {schedule.keep_ratio(t):.2f}) ---")
-    print(k_stages[example["uid"]][f"summarydec{t}"][:400])""",
+    """if example is None or example["uid"] not in k_stages:
+    print("no knowledge to show per stage")
+else:
+    for t in schedule.stages:
+        print(f"--- stage {t} (keep {schedule.keep_ratio(t):.2f}) ---")
+        print(k_stages[example["uid"]][f"summarydec{t}"][:400])""",
     """#md
 ## 3 · Stage data: demonstrations, cutoff fitting and prompt cost per stage""",
     """budget = skintern.training_budget(len(train_recs), cfg, stages_T, epochs_budget)
@@ -141,7 +155,7 @@ assert [e.prompt for e in plan[-1].examples] == [prompts.std(r) for r in train_r
 print(f"{budget['total_steps']} optimiser steps ({budget['source']}) over {len(plan)} stages: {budget['per_stage']}; "
       f"stage prompts fitted to {cutoff} tokens with the target")
 pd.DataFrame(skintern.plan_table(plan, comp_report, dims["n_linear"]))""",
-    """print(plan[0].examples[0].prompt[:1500])""",
+    """print(plan[0].examples[0].prompt[:1500] if plan and plan[0].examples else "no stage-0 examples")""",
     """#md
 ## 4 · Progressive fine-tuning: one adapter, one optimiser, one cosine schedule over all stages
 
@@ -229,8 +243,8 @@ fig.savefig(ctx.path("flops.png"), dpi=120)
 plt.show()""",
     """ratios = {name: r.prefill_ratio for name, r in overall.iterrows() if name != "skintern"}
 ctx.save_results({"rows": [row], "stages": stage_rows, "compression": comp_report, "budget": budget,
-                  "knowledge": {"writer": writer.name, "items": len(train_recs), "with_knowledge": len(knowledge),
-                                "failures": len(k_failures), "calls": writer_calls},
+                  "knowledge": k_check | {"writer": writer.name, "calls": writer_calls,
+                                          "min_knowledge_share": min_knowledge_share},
                   "schedule": schedule.table(), "stage_cutoff_len": cutoff, "flops": cost_rows,
                   "flops_prefill_ratio_vs_skintern": ratios, "stage0_test_prompts": stage0_report,
                   "train_metrics": {k: res.metrics[k] for k in ("steps", "seconds", "final_loss", "stage_ends",

@@ -198,6 +198,37 @@ def test_notebook_01_stops_naming_the_cause(name, server, params, words, tmp_pat
     assert not (tmp_path / "01_teacher_distillation" / "results.json").exists()
 
 
+def test_notebook_04_stops_when_the_knowledge_writer_never_gives_usable_knowledge(tmp_path, monkeypatch, data_dir,
+                                                                                tiny_model_dir):
+    """A writer whose replies never have the two sections: 04 stops before training, naming the
+    writer, the counts, its first reply and what to change, instead of reporting a "SKIntern"
+    student that internalised no knowledge (or crashing in a display cell)."""
+    import papermill as pm
+
+    monkeypatch.setenv(KEY_ENV, "sk-test-" + "w5" * 16)
+    common = dict(preset="t", run_root=str(tmp_path), student=str(tiny_model_dir), bbh_tasks=["navigate"],
+                  train_per_task=4, gsm8k_train=0, eval_per_task={"bbh": 1}, seed=42)
+    run = lambda nb, **p: pm.execute_notebook(  # noqa: E731
+        str(ROOT / "notebooks" / nb), str(tmp_path / nb), parameters=common | p, progress_bar=False,
+        cwd=str(ROOT / "notebooks"))
+    run("01_teacher_distillation.ipynb")
+    items = json.loads((tmp_path / "01_teacher_distillation" / "results.json").read_text())["accepted"]
+    assert items > 0
+    with FakeOpenAIServer(reply_fn=lambda body: "I would rather not say.") as srv:
+        with pytest.raises(pm.PapermillExecutionError) as err:
+            run("04_skintern_curriculum.ipynb", knowledge_backend="openai", knowledge_model="fake-writer",
+                knowledge_base_url=srv.base_url, api_key_env=KEY_ENV)
+    msg = str(err.value)
+    for words in ("NotEnoughKnowledge", "openai:fake-writer", f"0 of {items} items", f"{items} failures",
+                  "I would rather not say.", "min_knowledge_share=0.5", "knowledge_backend", "knowledge_model"):
+        assert words in msg, (words, msg)
+    assert "StopIteration" not in msg
+    assert not (tmp_path / "04_skintern_curriculum" / "results.json").exists()
+    # the failures (with the reply) are on disk for inspection
+    failures = (tmp_path / "04_skintern_curriculum" / "knowledge_failures.jsonl").read_text().splitlines()
+    assert len(failures) == items and all(json.loads(f)["reply"] == "I would rather not say." for f in failures)
+
+
 # --------------------------------------------------------------------------- run-root lock
 _HOLDER = """
 import sys
@@ -260,9 +291,10 @@ _SLOW_NB = """from pathlib import Path
 import time
 from nesylib import runs
 ctx = runs.start("00_slow", dict(preset=preset, run_root=run_root, seed=seed))
-(ctx.dir / "started").write_text("x")
+# signals beside the run folder: the notebook's own folder is a staging folder until it succeeds
+(ctx.dir.parent / "00_slow.started").write_text("x")
 t0 = time.time()
-while not (ctx.dir / "release").exists() and time.time() - t0 < 30:
+while not (ctx.dir.parent / "00_slow.release").exists() and time.time() - t0 < 30:
     time.sleep(0.1)
 ctx.save_results({"seed": seed})"""
 
@@ -295,7 +327,7 @@ def test_two_runs_of_one_notebook_on_one_run_root_do_not_run_together(tmp_path):
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        while not (root / "00_slow" / "started").exists():
+        while not (root / "00_slow.started").exists():
             assert first.poll() is None and time.monotonic() < deadline, first.communicate()
             time.sleep(0.1)
         with pytest.raises(Exception) as err:  # RunRootLocked, before any notebook starts
@@ -304,7 +336,7 @@ def test_two_runs_of_one_notebook_on_one_run_root_do_not_run_together(tmp_path):
         for w in ("in use", str(root / ".nesylib-run.lock"), f"pid {first.pid}"):
             assert w in str(err.value), (w, str(err.value))
     finally:
-        (root / "00_slow" / "release").write_text("x")
+        (root / "00_slow.release").write_text("x")
         out, errs = first.communicate(timeout=120)
     assert first.returncode == 0, errs
     assert runs.read_json(root / "00_slow" / "results.json") == {"seed": 3}

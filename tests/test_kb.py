@@ -181,6 +181,8 @@ def test_build_kb_records_items_that_always_fail(records):
     assert fails[doomed]["attempts"] == 3 and "Supplementary Knowledge:" in fails[doomed]["reason"]
     assert fails[down]["reasons"] == ["teacher call failed: HTTP 500"] * 3
     assert kb.entry_for(doomed) is None
+    # the first reply that did not parse is kept, to show what the tutor actually wrote
+    assert fails[doomed]["reply"] == "Learning Summary: only half of it" and "reply" not in fails[down]
 
 
 def test_build_kb_rejects_bad_input(records):

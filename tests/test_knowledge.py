@@ -131,3 +131,78 @@ def test_generate_rejects_bad_input(records):
     short.complete = lambda reqs: []
     with pytest.raises(ConfigError, match="0 replies"):
         generate_knowledge(records, short)
+
+
+# ------------------------------------------------------------------------ enough knowledge?
+FAILS = [{"uid": "bbh/navigate/1", "attempts": 3, "reasons": ["empty reply", "no 'Learning Summary:' header",
+                                                              "no 'Learning Summary:' header"],
+          "reply": "I cannot help with this one. " * 20},
+         {"uid": "bbh/navigate/2", "attempts": 3, "reasons": ["teacher error: HTTP 500"] * 3}]
+
+
+@pytest.mark.parametrize("items, with_knowledge, failures, threshold, raises", [
+    (10, 10, [], 0.5, False),
+    (10, 5, FAILS, 0.5, False),        # exactly at the threshold is enough
+    (10, 4, FAILS, 0.5, True),
+    (10, 0, FAILS, 0.5, True),         # the tutor never gave a usable reply
+    (10, 0, 10, 0.5, True),            # a bare failure count
+    (10, 0, FAILS, 0.0, False),        # the threshold lowered on purpose
+    (10, 9, FAILS, 1.0, True),
+    (0, 0, [], 0.5, False),            # nothing was asked (e.g. no student errors): nothing to judge
+])
+def test_require_knowledge_stops_below_the_threshold_naming_teacher_counts_and_fix(items, with_knowledge, failures,
+                                                                                   threshold, raises):
+    from nesylib.knowledge import NotEnoughKnowledge, require_knowledge
+
+    n_failures = failures if isinstance(failures, int) else len(failures)
+    args = (items, with_knowledge, failures, "openai:fake-tutor", threshold, "NesyCD KB (02)")
+    if not raises:
+        summary = require_knowledge(*args)
+        assert summary["items"] == items and summary["with_knowledge"] == with_knowledge
+        assert summary["failures"] == n_failures and summary["teacher"] == "openai:fake-tutor"
+        return
+    with pytest.raises(NotEnoughKnowledge) as err:
+        require_knowledge(*args, fix="the tutor parameters (tutor_backend, tutor_model)")
+    msg = str(err.value)
+    assert isinstance(err.value, ConfigError)
+    for words in ("NesyCD KB (02)", "openai:fake-tutor", f"{with_knowledge} of {items} items",
+                  f"{n_failures} failures", f"min_knowledge_share={threshold}", "tutor_backend", "lower"):
+        assert words in msg, (words, msg)
+    if not isinstance(failures, int):
+        assert "no 'Learning Summary:' header" in msg  # the first failure's reason
+        assert "I cannot help with this one." in msg and len(msg) < 1200  # its reply, truncated
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, "half", True])
+def test_require_knowledge_rejects_a_bad_threshold(bad):
+    from nesylib.knowledge import require_knowledge
+
+    with pytest.raises(ConfigError, match="min_knowledge_share"):
+        require_knowledge(4, 4, [], "t", bad)
+    with pytest.raises(ConfigError, match="exceeds"):
+        require_knowledge(4, 5, [], "t", 0.5)
+
+
+@pytest.mark.parametrize("entries, errors, failures, words", [
+    (0, 7, 7, ["kb.jsonl", "tutor openai:x", "7 errors", "7 failures", "02_kb_construction"]),
+    (0, 0, 0, ["kb.jsonl", "no errors", "02_kb_construction"]),
+])
+def test_an_empty_kb_is_refused_naming_the_file_and_why(entries, errors, failures, words, tmp_path):
+    from nesylib.knowledge import NotEnoughKnowledge, require_kb_entries
+
+    with pytest.raises(NotEnoughKnowledge) as err:
+        require_kb_entries(entries, tmp_path / "kb.jsonl", errors, failures, "openai:x")
+    for w in words:
+        assert w in str(err.value)
+    require_kb_entries(1, tmp_path / "kb.jsonl", errors, failures, "openai:x")  # one entry is enough
+
+
+def test_failures_keep_the_first_unparseable_reply(records):
+    chatty = "Sure! Here are some thoughts. " * 40
+    knowledge, failures = generate_knowledge(records[:2], ScriptedTeacher(lambda r: TeacherReply(text=chatty)),
+                                             max_attempts=2)
+    assert knowledge == {} and [f["attempts"] for f in failures] == [2, 2]
+    assert all(f["reply"].startswith("Sure! Here are") and len(f["reply"]) < len(chatty) for f in failures)
+    _, failures = generate_knowledge(records[:1], ScriptedTeacher(lambda r: TeacherReply(text=None, ok=False,
+                                                                                        error="HTTP 500")))
+    assert "reply" not in failures[0]  # no text came back: nothing to show

@@ -175,3 +175,47 @@ def test_kb_notebook_with_an_api_tutor(tmp_path, monkeypatch, tiny_model_dir):
     for p in tmp_path.rglob("*"):
         if p.is_file():
             assert key not in p.read_text(errors="replace"), f"the API key leaked into {p}"
+
+
+def test_a_tutor_that_never_parses_stops_02_and_an_empty_kb_stops_03(tmp_path, monkeypatch, tiny_model_dir):
+    """No NesyCD without knowledge: 02 stops naming the tutor and the counts; with the threshold lowered
+    to 0 it completes on an empty KB (every display cell copes) and 03 then refuses, naming 02's KB."""
+    import papermill as pm
+
+    from fake_openai_server import FakeOpenAIServer
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("NESYLIB_TUTOR_KEY", "sk-test-" + "n8" * 16)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    common = dict(preset="t", run_root=str(tmp_path), student=str(tiny_model_dir), bbh_tasks=["navigate"],
+                  train_per_task=3, gsm8k_train=0, eval_per_task={"bbh": 1}, seed=42)
+    tiny = dict(train={"max_steps": 1, "per_device_batch": 2, "grad_accum": 1, "lora_r": 4, "lora_alpha": 8,
+                       "cutoff_len": 384}, max_new_tokens=8)
+    run = lambda nb, **p: pm.execute_notebook(  # noqa: E731
+        str(root / "notebooks" / nb), str(tmp_path / nb), parameters=common | p, progress_bar=False,
+        cwd=str(root / "notebooks"))
+    run("01_teacher_distillation.ipynb")
+    with FakeOpenAIServer(reply_fn=lambda body: "Happy to help! The student should think harder.") as s:
+        tutor = dict(tutor_backend="openai", tutor_model="fake-tutor", tutor_base_url=s.base_url,
+                     api_key_env="NESYLIB_TUTOR_KEY", **tiny)
+        with pytest.raises(pm.PapermillExecutionError) as err:
+            run("02_kb_construction.ipynb", **tutor)
+        msg = str(err.value)
+        for words in ("NotEnoughKnowledge", "openai:fake-tutor", "failures", "min_knowledge_share=0.5",
+                      "tutor_backend", "Happy to help!"):
+            assert words in msg, (words, msg)
+        assert not (tmp_path / "02_kb_construction" / "results.json").exists()
+        paid = sum(s.paid.values())
+        run("02_kb_construction.ipynb", min_knowledge_share=0.0, **tutor)  # on purpose: accept an empty KB
+        assert sum(s.paid.values()) == paid  # the stored calls are replayed, none paid twice
+    res = json.loads((tmp_path / "02_kb_construction" / "results.json").read_text())
+    check = res["knowledge_check"]
+    assert res["kb_entries"] == 0 and res["errors"] > 0
+    assert (check["items"], check["with_knowledge"], check["failures"]) == (res["errors"], 0, res["errors"])
+    assert check["teacher"] == "openai:fake-tutor" and check["first_unparseable_reply"].startswith("Happy to help!")
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        run("03_nesycd_training.ipynb", **tiny)
+    msg = str(err.value)
+    for words in ("NotEnoughKnowledge", str(tmp_path / "02_kb_construction" / "kb.jsonl"), "openai:fake-tutor",
+                  f"{res['errors']} errors", "02_kb_construction"):
+        assert words in msg, (words, msg)

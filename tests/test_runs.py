@@ -15,9 +15,9 @@ def test_run_order_puts_ablations_after_08_and_figures_last(tmp_path):
     assert [p.stem for p in runs.list_notebooks(tmp_path)][-2:] == ["06_ablations", "07_flops_and_figures"]
 
 
-def _notebook(path, body):
+def _notebook(path, body, extra_params=""):
     nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell('preset = "adhoc"\nrun_root = None\nseed = 1')
+    params = nbformat.v4.new_code_cell('preset = "adhoc"\nrun_root = None\nseed = 1' + extra_params)
     params.metadata["tags"] = ["parameters"]
     nb.cells = [params, nbformat.v4.new_code_cell(body)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -77,3 +77,116 @@ def test_a_relative_run_root_is_the_same_folder_for_the_runner_and_the_notebooks
     assert runs.read_json(tmp_path / "rel" / "run" / "00_first" / "results.json") == {"seed": 3}
     assert (tmp_path / "rel" / "run" / "00_first" / "done.json").is_file()
     assert not (nbs / "rel").exists()  # the notebook's working directory got nothing
+
+
+_FLAKY_BODY = """from nesylib import runs
+ctx = runs.start('00_nb', dict(preset=preset, run_root=run_root, seed=seed, fail=fail))
+ctx.path('artifact.txt').write_text(f'seed {seed} fail {fail}')
+ctx.save_results({'seed': seed, 'fail': fail, 'artifact': str(ctx.path('artifact.txt'))})
+if fail:
+    raise RuntimeError('injected failure ' + str(seed))
+"""
+
+
+def _flaky_notebook(path, body=_FLAKY_BODY):
+    _notebook(path, body, "\nfail = False")
+
+
+def test_a_failed_forced_rerun_leaves_the_good_run_untouched_and_records_the_failure(tmp_path):
+    import pytest
+
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _flaky_notebook(nbs / "00_nb.ipynb")
+    preset = tmp_path / "p.yaml"
+    preset.write_text("name: p\ncommon: {seed: 3}\n")
+    root = tmp_path / "run"
+    kw = dict(run_root=root, notebooks_dir=nbs, kernel="python3", log=lambda *_: None)
+    assert [o["status"] for o in runs.run_preset(str(preset), **kw)] == ["ran"]
+    good = {p: p.read_bytes() for p in [root / "00_nb.ipynb"] + sorted((root / "00_nb").rglob("*")) if p.is_file()}
+    names = {p.name for p in good}
+    assert {"params.json", "env.json", "results.json", "done.json", "artifact.txt", "00_nb.ipynb"} <= names
+    # paths the notebook saved point into the final folder, not the staging folder it ran in
+    assert runs.read_json(root / "00_nb" / "results.json")["artifact"] == str(root / "00_nb" / "artifact.txt")
+
+    preset.write_text("name: p\ncommon: {seed: 4, fail: true}\n")
+    with pytest.raises(Exception, match="injected failure 4"):
+        runs.run_preset(str(preset), force=True, **kw)
+    now = {p: p.read_bytes() for p in [root / "00_nb.ipynb"] + sorted((root / "00_nb").rglob("*")) if p.is_file()}
+    assert now == good  # byte for byte: params, env, results, done, artifacts and the executed notebook
+
+    failed = root / "00_nb.failed"
+    assert runs.read_json(failed / "params.json")["seed"] == 4 and (failed / "env.json").is_file()
+    err = (failed / "error.txt").read_text()
+    assert "RuntimeError" in err and "injected failure 4" in err
+    assert "injected failure 4" in (failed / "00_nb.ipynb").read_text()  # the executed notebook, traceback and all
+    assert not (failed / "done.json").exists()
+    assert not [p for p in root.iterdir() if p.name.endswith(".tmp")]  # no staging folder left behind
+    assert ".tmp" not in (root / "00_nb.ipynb").read_text()  # it names where it is, not where it ran
+
+    # an unchanged preset still finds the good run cached: the failure did not touch its done.json
+    preset.write_text("name: p\ncommon: {seed: 3}\n")
+    assert [o["status"] for o in runs.run_preset(str(preset), **kw)] == ["cached"]
+    # a later success replaces the folder and clears the stale failure record
+    preset.write_text("name: p\ncommon: {seed: 5}\n")
+    assert [o["status"] for o in runs.run_preset(str(preset), **kw)] == ["ran"]
+    assert runs.read_json(root / "00_nb" / "results.json")["seed"] == 5 and not failed.exists()
+    assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == ["00_nb", "00_nb.ipynb"]
+
+
+def test_a_failure_before_start_is_recorded_with_the_runners_parameters(tmp_path):
+    import pytest
+
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _flaky_notebook(nbs / "00_nb.ipynb", "raise ValueError('bad before start')")
+    preset = tmp_path / "p.yaml"
+    preset.write_text("name: p\ncommon: {seed: 7}\n")
+    root = tmp_path / "run"
+    with pytest.raises(Exception, match="bad before start"):
+        runs.run_preset(str(preset), run_root=root, notebooks_dir=nbs, kernel="python3", log=lambda *_: None)
+    failed = root / "00_nb.failed"
+    assert runs.read_json(failed / "params.json")["seed"] == 7
+    assert "bad before start" in (failed / "error.txt").read_text()
+    assert not (root / "00_nb").exists() and not (root / "00_nb.ipynb").exists()
+
+
+def test_calls_stored_by_a_failed_run_are_found_by_the_next_run(tmp_path):
+    """Call stores live outside the staging swap (ctx.store): what a failed run paid for is kept."""
+    import pytest
+
+    body = """from nesylib import runs
+ctx = runs.start('00_nb', dict(preset=preset, run_root=run_root, seed=seed, fail=fail))
+store = ctx.store('calls.jsonl')
+before = len(store.read_text().splitlines()) if store.is_file() else 0
+with open(store, 'a') as f:
+    f.write(f'call of seed {seed}\\n')
+ctx.save_results({'calls_before': before, 'store': str(store)})
+if fail:
+    raise RuntimeError('injected failure')
+"""
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _flaky_notebook(nbs / "00_nb.ipynb", body)
+    preset = tmp_path / "p.yaml"
+    root = tmp_path / "run"
+    kw = dict(run_root=root, notebooks_dir=nbs, kernel="python3", log=lambda *_: None)
+    preset.write_text("name: p\ncommon: {seed: 1}\n")
+    runs.run_preset(str(preset), **kw)
+    preset.write_text("name: p\ncommon: {seed: 2, fail: true}\n")
+    with pytest.raises(Exception, match="injected failure"):
+        runs.run_preset(str(preset), **kw)
+    preset.write_text("name: p\ncommon: {seed: 3}\n")
+    runs.run_preset(str(preset), **kw)
+    res = runs.read_json(root / "00_nb" / "results.json")
+    assert res["calls_before"] == 2 and res["store"] == str(root / "stores" / "00_nb" / "calls.jsonl")
+
+
+def test_a_store_left_in_the_run_folder_by_an_older_version_is_carried_over(tmp_path):
+    old = tmp_path / "01_x"
+    old.mkdir()
+    (old / "teacher_store.jsonl").write_text('{"k": 1}\n')
+    ctx = runs.start("01_x", dict(preset="p", run_root=str(tmp_path), seed=1))
+    store = ctx.store("teacher_store.jsonl")
+    assert store == tmp_path / "stores" / "01_x" / "teacher_store.jsonl"
+    assert store.read_text() == '{"k": 1}\n' and (old / "teacher_store.jsonl").is_file()
