@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from nesylib.errors import ConfigError, DataError
+from nesylib.adapters import _merged_adapter, is_peft as _is_peft, merge_lora  # noqa: F401 (merge_lora: public here too)
 from nesylib.generate import DEFAULT_STOP_STRINGS, Sampling
 
 FLOOR_NEW_TOKENS = 320
@@ -115,47 +116,6 @@ def _scorers(extractor: str):
 
 
 # ---------------------------------------------------------------------------------- LoRA
-def _is_peft(model) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:
-        return False
-    return isinstance(model, PeftModel)
-
-
-def merge_lora(model):
-    """A PeftModel's adapter folded into the base weights (D20: evaluate merged weights).
-
-    Returns ``model.merge_and_unload()``: the base model, changed in place, without LoRA modules.
-    Any other model is returned as it is. Use it before saving or serving a final student; to
-    evaluate between training stages, ``evaluate(..., merge=True)`` merges and unmerges instead.
-    """
-    return model.merge_and_unload() if _is_peft(model) else model
-
-
-class _merged_adapter:
-    """Context: a PeftModel's adapter merged into the base weights, unmerged on exit.
-
-    Unmerging subtracts the same delta again, so the base weights come back up to fp32 rounding
-    (relative ~1e-7); training can continue on the adapter afterwards.
-    """
-
-    def __init__(self, model, enabled: bool):
-        self.model = model if enabled and _is_peft(model) else None
-        self.merged = False
-
-    def __enter__(self):
-        if self.model is not None:
-            self.model.merge_adapter()
-            self.merged = True
-        return self
-
-    def __exit__(self, *exc):
-        if self.merged:
-            self.model.unmerge_adapter()
-        return False
-
-
 # ------------------------------------------------------------------------------- runner
 @dataclass
 class EvalResult:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-_EVAL_CODE = ("generate.py", "evaluate.py", "extract.py", "metrics.py", "flops.py")
+_EVAL_CODE = ("generate.py", "evaluate.py", "adapters.py", "extract.py", "metrics.py", "flops.py")
 
 
 def evaluation_key(method: str, base: str, adapter_dir, eval_sets: dict[str, list[dict]], knowledge=None,

@@ -634,7 +634,7 @@ class VLLMEngine:
             torch.cuda.empty_cache()
         path = model
         if not isinstance(model, str):
-            from nesylib.evaluate import merge_lora
+            from nesylib.adapters import merge_lora
 
             self._tmp = tempfile.TemporaryDirectory(prefix="nesylib-vllm-")
             merge_lora(model).save_pretrained(self._tmp.name)  # note: folds a LoRA adapter in place

@@ -7,6 +7,7 @@ Bump PROMPT_VERSION whenever a string below changes: cached artifacts key on it.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 PROMPT_VERSION = "p1"
@@ -37,6 +38,26 @@ def split_rationale(response: str) -> tuple[str, str]:
     if not sep:
         return response.strip(), ""
     return head.strip(), tail.strip()
+
+
+_ANSWER_END = re.compile(r"\.(?=\s|$)|\n")
+
+
+def cut_after_answer(text: str) -> str | None:
+    """The text up to the end of its first answer-marker sentence; None without a marker.
+
+    The answer sentence ends at the first '.' followed by whitespace (so "3.5" survives), or at the
+    line end; a sentence without a closing '.' gets one, so every rationale ends "...is X."
+    """
+    at = text.find(ANSWER_MARKER)
+    if at < 0:
+        return None
+    rest = text[at + len(ANSWER_MARKER):]
+    m = _ANSWER_END.search(rest)
+    answer = (rest[:m.start()] if m else rest).rstrip()
+    if not answer.strip():
+        return None
+    return f"{text[:at]}{ANSWER_MARKER}{answer}.".strip()
 
 
 def std(record: dict) -> str:

@@ -5,6 +5,7 @@ with '# parameters' gets the papermill ``parameters`` tag. Notebooks are written
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -15,7 +16,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def write_notebook(path: str | Path, cells: list[str]) -> None:
-    path = REPO / path
+    # NESYLIB_NOTEBOOK_DIR redirects the output (tests rebuild every notebook there and compare)
+    out_root = os.environ.get("NESYLIB_NOTEBOOK_DIR")
+    path = Path(out_root) / Path(path).name if out_root else REPO / path
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}

@@ -110,3 +110,20 @@ def test_export_copies_tables_and_figures_only(tmp_path):
     assert not (tmp_path / "out" / "06_unfinished").exists()
     with pytest.raises(ConfigError, match="no run folder"):
         runs.export_results("x", tmp_path / "missing")
+
+
+def test_committed_notebooks_equal_their_sources(tmp_path):
+    """The notebooks are built from scripts/nb_*.py: a notebook edited by hand, or a source changed
+    without rebuilding, fails here (rebuild with `.venv/bin/python scripts/nb_<name>.py`)."""
+    import os
+    import sys
+
+    scripts = sorted((ROOT / "scripts").glob("nb_*.py"))
+    assert len(scripts) == len(NOTEBOOKS)
+    env = {**os.environ, "NESYLIB_NOTEBOOK_DIR": str(tmp_path)}
+    for script in scripts:
+        subprocess.run([sys.executable, str(script)], check=True, env=env, cwd=ROOT, capture_output=True)
+    for nb in NOTEBOOKS:
+        built = tmp_path / nb.name
+        assert built.is_file(), f"no script builds {nb.name}"
+        assert built.read_bytes() == nb.read_bytes(), f"{nb.name} differs from its source in scripts/"

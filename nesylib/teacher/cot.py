@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from nesylib.errors import ConfigError, DataError
-from nesylib.prompts import ANSWER_MARKER
+from nesylib.prompts import ANSWER_MARKER, cut_after_answer  # noqa: F401 (part of this module's API)
 from nesylib.teacher.base import TeacherRequest
 
 COT_PROMPT_VERSION = "cot-v1"  # bump when a prompt string below changes (stored calls key on prompts)
@@ -38,7 +38,6 @@ GSM8K_INSTRUCTION = (
     "Solve the grade-school math word problem below. Reason through it step by step and show the "
     f'arithmetic. Finish with a single closing sentence of the form "{ANSWER_MARKER} N." where N is the '
     "final number alone, without units.")
-_ANSWER_END = re.compile(r"\.(?=\s|$)|\n")
 
 
 def cot_prompt(record: dict, data_dir=None) -> str:
@@ -54,23 +53,6 @@ def cot_prompt(record: dict, data_dir=None) -> str:
     instruction = GSM8K_INSTRUCTION if "gsm8k" in record["task"] else \
         f"{record.get('task_description', '').strip()} {ZERO_SHOT_INSTRUCTION}".strip()
     return f"{instruction}\n\nQ: {record['question']}\n{STEP_CUE}"
-
-
-def cut_after_answer(text: str) -> str | None:
-    """The text up to the end of its first answer-marker sentence; None without a marker.
-
-    The answer sentence ends at the first '.' followed by whitespace (so "3.5" survives), or at the
-    line end; a sentence without a closing '.' gets one, so every rationale ends "...is X."
-    """
-    at = text.find(ANSWER_MARKER)
-    if at < 0:
-        return None
-    rest = text[at + len(ANSWER_MARKER):]
-    m = _ANSWER_END.search(rest)
-    answer = (rest[:m.start()] if m else rest).rstrip()
-    if not answer.strip():
-        return None
-    return f"{text[:at]}{ANSWER_MARKER}{answer}.".strip()
 
 
 def clean_rationale(text: str | None) -> str | None:

@@ -16,9 +16,9 @@ from __future__ import annotations
 import re
 
 from nesylib.errors import ConfigError, DataError
-from nesylib.prompts import ANSWER_MARKER
+from nesylib.prompts import ANSWER_MARKER, cut_after_answer
 from nesylib.teacher.base import TeacherReply, TeacherRequest
-from nesylib.teacher.cot import cut_after_answer
+
 
 CODEX_PHRASE = "So the answer is"
 SOURCES = ("codex", "gsm8k", "auto")
