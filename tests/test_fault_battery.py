@@ -135,7 +135,7 @@ TEACH_CASES = [
      ["--max-retries", "0"], 1, ["8 of 8 teacher requests are unresolved", "4 of 4 items failed"]),
     ("three malformed then good", {"fault_rate": 1.0, "faults": ("malformed",), "max_faults": 3},
      ["--retry-backoff", "0.01"], 0, []),
-    ("wrong key", {"api_key": "the-right-key"}, [], 2, ["HTTP 401"]),
+    ("wrong key", {"api_key": "the-right-key"}, [], 2, ["HTTP 401", f"${KEY_ENV}", "not set", "--api-key-env"]),
 ]
 
 

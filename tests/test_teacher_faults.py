@@ -5,14 +5,15 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from fake_openai_server import FAULTS, FakeOpenAIServer, body_key
+from fake_openai_server import FAULTS, FakeOpenAIServer, body_key, default_reply
 from nesylib.errors import ConfigError
-from nesylib.teacher import CachedTeacher, CallStore, TeacherError, TeacherRequest
+from nesylib.teacher import CachedTeacher, CallStore, TeacherError, TeacherRequest, plan_cost
 from nesylib.teacher.openai_backend import OpenAIBackend
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,14 +83,60 @@ def test_rejected_key_stops_the_run_without_leaking_it(tmp_path, monkeypatch):
         with pytest.raises(TeacherError) as err:
             t.complete(_requests(4))
     assert "HTTP 401" in str(err.value) and FAKE_KEY not in str(err.value) and "***" in str(err.value)
+    assert f"${KEY_ENV}" in str(err.value) and "api_key_env" in str(err.value)  # where the rejected key came from
     assert err.value.__cause__ is None and err.value.__suppress_context__  # the client error is not chained
     assert t.summary.unresolved == 4 and t.summary.succeeded == 0
     assert FAKE_KEY not in (tmp_path / "s.jsonl").read_text()
 
 
-def test_missing_key_for_the_openai_api_is_a_config_error():
-    with pytest.raises(ConfigError, match=KEY_ENV):
+@pytest.mark.parametrize("value, state", [(None, "not set"), ("", "set but empty")])
+def test_missing_key_for_the_openai_api_names_the_variable_and_where_it_is_chosen(value, state, monkeypatch):
+    if value is not None:
+        monkeypatch.setenv(KEY_ENV, value)
+    with pytest.raises(ConfigError) as err:
         OpenAIBackend("gpt-x", api_key_env=KEY_ENV)
+    for words in (f"${KEY_ENV}", state, "api_key_env", "--api-key-env"):
+        assert words in str(err.value), (words, str(err.value))
+
+
+def test_cost_plan_is_printed_before_the_first_call_and_leaves_out_stored_calls(tmp_path, capsys):
+    seen_at_first_call = []
+    lock = threading.Lock()
+
+    def reply(body):
+        with lock:
+            if not seen_at_first_call:
+                seen_at_first_call.append(capsys.readouterr().out)
+        return default_reply(body)
+
+    reqs = _requests(5) + _requests(1)  # the 6th repeats the 1st: one call
+    with FakeOpenAIServer(reply_fn=reply) as s:
+        t = _teacher(s, CallStore(tmp_path / "s.jsonl"), budget_usd=10, price_table={"fake-model": [1, 2]})
+        assert all(r.ok for r in t.complete(reqs))
+        plan = seen_at_first_call[0].strip().splitlines()
+        tin = sum((len(r.system + r.prompt) + 3) // 4 for r in reqs[:5])
+        cost = (tin * 1 + 5 * 512 * 2) / 1e6
+        assert plan == [f"teacher plan openai:fake-model: 5 new calls (0 served from the store), ~{tin} input tokens "
+                        f"(chars/4) + at most 2560 output tokens (max_tokens), at most ${cost:.4f} before retries; "
+                        f"within the budget of $10 ($10.0000 left)"]
+        assert s.total_paid == 5
+        again = _teacher(s, CallStore(tmp_path / "s.jsonl"), budget_usd=10, price_table={"fake-model": [1, 2]})
+        assert all(r.cached for r in again.complete(reqs))
+        assert "0 new calls (6 served from the store)" in capsys.readouterr().out
+        assert s.total_paid == 5
+
+
+def test_cost_plan_flags_a_budget_it_would_exceed_before_spending(tmp_path, capsys):
+    with FakeOpenAIServer() as s:
+        t = _teacher(s, None, budget_usd=1, price_table={"fake-model": [1000, 1000]})
+        plan = plan_cost(t.name, t.model, _requests(4), 0, t.prices)
+        assert plan.calls == 4 and plan.output_tokens == 4 * 512 and plan.cost_usd > 2
+        assert plan.exceeds(1.0) and not plan.exceeds(None)
+        t.complete(_requests(4))  # the fake server's replies are short: the run itself stays under $1
+        first = capsys.readouterr().out.splitlines()[0]
+    assert "WARNING: EXCEEDS the budget of $1" in first and "4 new calls" in first
+    unpriced = plan_cost("openai:other", "other", _requests(2), 0, t.prices)
+    assert unpriced.cost_usd is None and "no price known" in unpriced.line()
 
 
 def _files_text(folder: Path) -> str:

@@ -46,6 +46,11 @@ class TeacherReply:
     retry_after_s: float | None = None
 
 
+def estimate_tokens(text: str) -> int:
+    """About 4 characters per token: for cost plans, and for servers that omit ``usage``."""
+    return (len(text) + 3) // 4
+
+
 @runtime_checkable
 class Teacher(Protocol):
     name: str    # backend/model id, recorded with every output (provenance)

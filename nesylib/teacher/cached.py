@@ -4,7 +4,9 @@ Every consumer (CoT generation, NesyCD error analysis, SKIntern knowledge) recei
 ``Teacher``; wrapping a backend in ``CachedTeacher`` adds, in this order for each request:
 
 1. store lookup: a stored success is served with ``cached=True`` and costs nothing;
-2. identical requests in one batch become one call;
+2. identical requests in one batch become one call; for a paid backend, one plan line is then
+   printed before any call of the batch starts (``plan_cost``): new calls, estimated tokens and
+   cost, and a warning when that exceeds the budget left;
 3. misses go to the backend in chunks of ``backend.batch_size`` on a thread pool of
    ``concurrency`` workers (1 when the backend is not ``parallel``, e.g. a local model);
 4. each reply is stored the moment it arrives (a killed run loses only calls in flight);
@@ -34,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from nesylib.errors import ConfigError, NesylibError
-from nesylib.teacher.base import TeacherReply, TeacherRequest
+from nesylib.teacher.base import TeacherReply, TeacherRequest, estimate_tokens
 from nesylib.teacher.store import CallStore, call_key
 
 
@@ -82,6 +84,51 @@ class PriceTable:
         """Cost in USD of one call (0 for a model without a price)."""
         pin, pout = self._prices.get(model, (0.0, 0.0))
         return (prompt_tokens * pin + completion_tokens * pout) / 1e6
+
+
+@dataclass
+class CostPlan:
+    """What one batch will ask of a paid teacher, worked out before any of it is sent.
+
+    Estimates only: input tokens are about 4 characters each (system + prompt), output tokens
+    are the sum of ``max_tokens`` (the most the calls can return), retries are not counted.
+    """
+    teacher: str
+    calls: int                 # distinct requests not in the store: the new calls to make
+    cached: int                # requests the store already answers (free)
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float | None     # None: the price table has no price for the model
+
+    def exceeds(self, budget_left_usd: float | None) -> bool:
+        return budget_left_usd is not None and self.cost_usd is not None and self.cost_usd > budget_left_usd
+
+    def line(self, budget_usd: float | None = None, spent_usd: float = 0.0) -> str:
+        """The one-line plan printed before the batch's first call."""
+        calls = f"{self.calls} new call{'' if self.calls == 1 else 's'}"
+        head = (f"teacher plan {self.teacher}: {calls} ({self.cached} served from the store), "
+                f"~{self.input_tokens} input tokens (chars/4) + at most {self.output_tokens} output tokens "
+                f"(max_tokens)")
+        if self.calls == 0:
+            return f"{head}: nothing to pay"
+        if self.cost_usd is None:
+            return f"{head}: no price known for this model, cost not estimated"
+        head += f", at most ${self.cost_usd:.4f} before retries"
+        if budget_usd is None:
+            return f"{head}; no budget set"
+        left = max(budget_usd - spent_usd, 0.0)
+        if self.exceeds(left):
+            return (f"{head}; WARNING: EXCEEDS the budget of ${budget_usd:g} (${left:.4f} left): the run will stop "
+                    f"when the budget is reached")
+        return f"{head}; within the budget of ${budget_usd:g} (${left:.4f} left)"
+
+
+def plan_cost(teacher: str, model: str, new: list[TeacherRequest], cached: int, prices: PriceTable) -> CostPlan:
+    """The ``CostPlan`` of the ``new`` (uncached, distinct) requests of a batch; ``cached`` were served."""
+    tin = sum(estimate_tokens(r.system + r.prompt) for r in new)
+    tout = sum(r.max_tokens for r in new)
+    cost = prices.cost(model, tin, tout) if model in prices else None
+    return CostPlan(teacher, len(new), cached, tin, tout, cost)
 
 
 @dataclass
@@ -188,6 +235,12 @@ class CachedTeacher:
                     self.summary.cache_hits += 1
             else:
                 pending.setdefault(k, _Pending(k, req)).waiting.append(i)
+        if self.paid and requests:  # the plan, before anything of this batch is paid for
+            hits = len(requests) - sum(len(p.waiting) for p in pending.values())
+            plan = plan_cost(self.name, self.model, [p.request for p in pending.values()], hits, self.prices)
+            with self._acct:
+                spent = self.summary.cost_usd
+            print(plan.line(self.budget_usd, spent), flush=True)
         # first fatal error, budget stop or breaker trip of this batch; "stop" wakes retry waits
         state: dict = {"abort": None, "stop": threading.Event()}
         todo = list(pending.values())

@@ -18,7 +18,7 @@ import json
 import os
 
 from nesylib.errors import ConfigError
-from nesylib.teacher.base import TeacherReply, TeacherRequest
+from nesylib.teacher.base import TeacherReply, TeacherRequest, estimate_tokens
 from nesylib.teacher.cached import TeacherError
 
 NO_KEY_PLACEHOLDER = "EMPTY"  # what vLLM/Ollama/llama.cpp servers accept when they need no key
@@ -46,8 +46,9 @@ class OpenAIBackend:
         if not key:
             if base_url is None:
                 raise ConfigError(f"the API key is read from the environment variable ${api_key_env}, which is "
-                                  f"not set. Export it (or name another variable with api_key_env), or give "
-                                  f"base_url for a local server that needs no key.")
+                                  f"{_unset(api_key_env)}. Export it, or name another variable (the api_key_env "
+                                  f"parameter, or --api-key-env for `nesylib teach`), or give base_url for a "
+                                  f"local server that needs no key.")
             key = NO_KEY_PLACEHOLDER
         if max_retries < 0:
             raise ConfigError(f"max_retries must be >= 0, got {max_retries}")
@@ -56,6 +57,7 @@ class OpenAIBackend:
 
         self.model = model
         self.name = f"openai:{model}"
+        self.api_key_env = api_key_env
         self.max_tokens_field = max_tokens_field
         self.max_retries = max_retries
         self._secret = key if key != NO_KEY_PLACEHOLDER else None
@@ -88,7 +90,7 @@ class OpenAIBackend:
                 openai.BadRequestError, openai.UnprocessableEntityError) as e:
             # Retrying cannot fix these; report without the chained exception (it carries the request).
             raise TeacherError(self._scrub(f"{self.name}: request rejected with HTTP {e.status_code}: "
-                                           f"{_message(e)}")) from None
+                                           f"{_message(e)}{self._key_hint(e.status_code)}")) from None
         except openai.APIStatusError as e:  # 429, 5xx, ...: retried by CachedTeacher
             return self._fail(f"HTTP {e.status_code}: {_message(e)}", retry_after_s=_retry_after(e))
         except openai.APITimeoutError:
@@ -103,8 +105,9 @@ class OpenAIBackend:
         usage = getattr(resp, "usage", None)
         choice = resp.choices[0]
         text = getattr(choice.message, "content", None) if choice.message is not None else None
-        pt = int(getattr(usage, "prompt_tokens", 0) or 0) if usage else _estimate_tokens(req.system + req.prompt)
-        ct = int(getattr(usage, "completion_tokens", 0) or 0) if usage else _estimate_tokens(text or "")
+        # a server that omits usage: estimate (chars/4) so budgets still bind
+        pt = int(getattr(usage, "prompt_tokens", 0) or 0) if usage else estimate_tokens(req.system + req.prompt)
+        ct = int(getattr(usage, "completion_tokens", 0) or 0) if usage else estimate_tokens(text or "")
         if choice.finish_reason == "content_filter":
             return TeacherReply(text=None, ok=False, error="rejected by the content filter",
                                 prompt_tokens=pt, completion_tokens=ct, finish_reason=choice.finish_reason)
@@ -114,9 +117,24 @@ class OpenAIBackend:
         return TeacherReply(text=text, ok=True, prompt_tokens=pt, completion_tokens=ct,
                             finish_reason=choice.finish_reason)
 
+    def _key_hint(self, status: int) -> str:
+        """For a 401/403: which environment variable the key came from (or should have)."""
+        if status not in (401, 403):
+            return ""
+        where = (f"the environment variable ${self.api_key_env} (named by the api_key_env parameter, or "
+                 f"--api-key-env for `nesylib teach`)")
+        if self._secret is None:
+            return (f". No key was sent: the key is read from {where}, which is {_unset(self.api_key_env)}; "
+                    f"export it if this server needs one")
+        return f". The key sent was read from {where}: check that it is valid for {self.endpoint}"
+
     def _fail(self, error: str, unreachable: bool = False, retry_after_s: float | None = None) -> TeacherReply:
         return TeacherReply(text=None, ok=False, error=self._scrub(f"{self.name}: {error}"), unreachable=unreachable,
                             retry_after_s=retry_after_s)
+
+
+def _unset(name: str) -> str:
+    return "set but empty" if name in os.environ else "not set"
 
 
 def _retry_after(e) -> float | None:
@@ -140,8 +158,3 @@ def _message(e) -> str:
         if msg:
             return str(msg)[:300]
     return str(getattr(e, "message", "") or e)[:300]
-
-
-def _estimate_tokens(text: str) -> int:
-    """Servers that omit ``usage``: about 4 characters per token, so budgets still bind."""
-    return (len(text) + 3) // 4
