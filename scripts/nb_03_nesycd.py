@@ -75,15 +75,20 @@ print(f"backend {backend}; KB {len(kb)} entries (tutor {kb_info['tutor']}); {len
       "evaluation:", {k: len(v) for k, v in eval_sets.items()})""",
     """#md
 ## S_E: LoRA from the base model on KB errors (P-KB) + Direct CoT (P-STD) + Answer Prediction (P-FT)""",
-    """se_examples = nesycd.se_training_examples(train_recs, kb, own_summary=own_summary, loo_retrieval=not own_summary)
+    """from nesylib import methods as mth
+
+lab = mth.Lab(student, cfg, ctx.dir.parent, ctx.dir, batch_size=eval_batch_size, max_new_tokens=max_new_tokens,
+              seed=seed)
+# D14's concatenation; own_summary=False retrieves each error item's knowledge leaving its own entry out
+se_examples = mth.nesycd_examples(train_recs, kb, k_retrieve, k_insert, "own" if own_summary else "retrieved",
+                                  keep_own=0.0, retriever=retriever, seed=seed)
 part_a = se_examples[:len(se_examples) - 2 * len(train_recs)]
 n_kb = sum(prompts.KB_INTRO in e.prompt for e in part_a)  # leave-one-out may find nothing: then P-STD
 print(f"S_E training set: {len(se_examples)} examples = {len(part_a)} P-KB "
       f"({n_kb} with knowledge) + {len(train_recs)} P-STD + {len(train_recs)} P-FT")
-se_dir = students.student_dir(ctx.dir.parent, "kb", se_examples, cfg, student)
-se = students.train_student("kb", se_examples, cfg, se_dir, student)
-print(f"S_E: {se.adapter_dir} {'(cached)' if se.cached else ''}")
-print(f"  {se.metrics['steps']} steps, final loss {se.metrics['final_loss']}, {se.metrics['seconds']} s")
+se_adapter = lab.fit("nesycd", se_examples)
+se_metrics = lab.train_metrics["nesycd"]
+print(f"S_E: {se_adapter}; share of target tokens per format: {se_metrics.get('target_token_share')}")
 shown = part_a[0] if part_a else (se_examples[0] if se_examples else None)
 if shown is not None:
     print("--- one P-KB training prompt ---" if part_a else "--- one training prompt (no P-KB example) ---")
@@ -95,7 +100,7 @@ if gate:
     from nesylib.kb import confidence_gate
     from nesylib.train import load_student
 
-    gate_model, gate_tok = load_student(student, se.adapter_dir)
+    gate_model, gate_tok = load_student(student, se_adapter)
     gate_fn = lambda r: confidence_gate(gate_model, gate_tok, prompts.std(r), threshold=gate_threshold)  # noqa: E731
 knowledge = nesycd.retrieved_knowledge(test_recs, kb, k_retrieve=k_retrieve, k_insert=k_insert, gate=gate_fn)
 if gate:
@@ -107,24 +112,14 @@ retrieval = pd.DataFrame([{
 } for r in test_recs], columns=["dataset", "knowledge", "same_task_hit"]).groupby("dataset", sort=False).mean().round(3)
 retrieval.columns = ["share with knowledge inserted", "top hit from the same task"]
 retrieval""",
-    """evals = {}
-
-
-def eval_copy(name):
-    # evaluations are stored beside their student (shared, reusable); a copy here keeps this run browsable
-    evals[name] = ctx.path("eval", name)
-    return evals[name]
-
-
-res_kb, _, cached = nesycd.evaluate_cached("kb", student, se.adapter_dir, eval_sets, se_dir / "evals",
-                                           knowledge=lambda r: knowledge[r["uid"]], batch_size=eval_batch_size,
-                                           max_new_tokens=max_new_tokens, seed=seed, copy_to=eval_copy("kb"))
-row = students.result_row("kb", res_kb, se.metrics, kb_entries=len(kb), tutor=kb_info["tutor"],
+    """# evaluations are stored beside their student (shared, reusable) and copied to eval/<name>/ here
+res_kb = lab.score("nesycd", se_adapter, eval_sets, knowledge=lambda r: knowledge[r["uid"]], name="kb")
+row = students.result_row("kb", res_kb, se_metrics, kb_entries=len(kb), tutor=kb_info["tutor"],
                           retriever=retriever, k_retrieve=k_retrieve, k_insert=k_insert, gate=gate,
                           own_summary=own_summary,
                           knowledge_rate=round(sum(t != prompts.NO_SUMMARY for t in knowledge.values())
                                                / len(knowledge), 4) if knowledge else None)
-print(f"NesyCD S_E{' (stored answers reused)' if cached else ''}: ID avg {row['id_avg']}, OOD avg {row['ood_avg']}")
+print(f"NesyCD S_E: ID avg {row['id_avg']}, OOD avg {row['ood_avg']}")
 pd.DataFrame([row]).to_csv(ctx.path("nesycd.csv"), index=False)
 sample = next((s for s in res_kb.rows if prompts.KB_INTRO in s["prompt"]), res_kb.rows[0] if res_kb.rows else None)
 if sample is None:
@@ -140,15 +135,11 @@ else:
 if compare_sp:
     sp_adapter = kb_info["sp_adapter"]  # the S_P whose errors built this KB
     sp_metrics = json.loads((Path(sp_adapter).parent / "train_result.json").read_text())
-    res_sp, _, _ = nesycd.evaluate_cached("std", student, sp_adapter, eval_sets, Path(sp_adapter).parent / "evals",
-                                          batch_size=eval_batch_size, max_new_tokens=max_new_tokens, seed=seed,
-                                          copy_to=eval_copy("sp"))
+    res_sp = lab.score("std", sp_adapter, eval_sets, name="sp")
     ablation.append(students.result_row("std", res_sp, sp_metrics) | {"method": "S_P (Std-CoT)", "variant": "sp"})
 if ablation_no_knowledge:
-    res_nok, _, _ = nesycd.evaluate_cached("std", student, se.adapter_dir, eval_sets, se_dir / "evals",
-                                           batch_size=eval_batch_size, max_new_tokens=max_new_tokens, seed=seed,
-                                           copy_to=eval_copy("se_no_knowledge"))
-    ablation.append(students.result_row("kb", res_nok, se.metrics)
+    res_nok = lab.score("std", se_adapter, eval_sets, name="se_no_knowledge")
+    ablation.append(students.result_row("kb", res_nok, se_metrics)
                     | {"method": "S_E without knowledge (P-STD)", "variant": "se_no_knowledge"})
 ablation.append(row | {"method": "S_E with KB (NesyCD)", "variant": "se_kb"})
 ablation_table = pd.DataFrame(ablation)
@@ -171,7 +162,9 @@ fig.savefig(ctx.path("nesycd.png"), dpi=120)
 plt.show()""",
     """results_path = ctx.save_results({"rows": [row], "ablation": ablation, "student": student, "backend": backend,
                   "kb_entries": len(kb), "kb_path": str(kb_run / "kb.jsonl"), "tutor": kb_info["tutor"],
-                  "se_adapter": str(se.adapter_dir), "se_train_examples": len(se_examples), "se_kb_examples": n_kb,
+                  "se_adapter": str(se_adapter), "se_train_examples": len(se_examples), "se_kb_examples": n_kb,
                   "retrieval": retrieval.reset_index().to_dict("records"),
-                  "evals": {k: str(v) for k, v in evals.items()}, "train_config": vars(cfg)})""",
+                  "evals": {n: str(ctx.path("eval", n))
+                            for n in ["kb"] + [r["variant"] for r in ablation if r["variant"] != "se_kb"]},
+                  "train_config": vars(cfg)})""",
 ])
