@@ -71,6 +71,7 @@ class Lab:
     seed: int = 42
     timing: dict = field(default_factory=dict)
     train_metrics: dict = field(default_factory=dict)
+    trained: dict = field(default_factory=dict)   # name -> nesylib.train.TrainResult (full metrics)
     log: bool = True
 
     def say(self, msg: str) -> None:
@@ -85,6 +86,7 @@ class Lab:
         out = student_dir(self.run_root, name, examples, self.config, self.student)
         t0 = time.time()
         res = train_lora(self.student, examples, self.config, out)
+        self.trained[name] = res
         self.timing[f"{name}_train_s"] = round(time.time() - t0, 1)
         m = res.metrics
         self.train_metrics[name] = {k: m.get(k) for k in ("steps", "final_loss", "seconds", "tokens_seen",

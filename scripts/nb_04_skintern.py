@@ -162,10 +162,15 @@ pd.DataFrame(skintern.plan_table(plan, comp_report, dims["n_linear"]))""",
 The loss is logged at every step (`logging_steps=1`) so that each stage's loss is its own.""",
     """from nesylib.train import Stage
 
+from nesylib import methods as mth
+
 train_cfg = dataclasses.replace(cfg, logging_steps=1)
+lab = mth.Lab(student, train_cfg, ctx.dir.parent, ctx.dir, batch_size=eval_batch_size, max_new_tokens=max_new_tokens,
+              seed=seed)
 stages = [Stage(p.examples, p.steps, name=f"t{p.stage}") for p in plan]
-out_dir = students.student_dir(ctx.dir.parent, "skintern", stages, train_cfg, student)
-res = students.train_student("skintern", stages, train_cfg, out_dir, student)
+lab.fit("skintern", stages)  # the same training step as nesylib.methods.skintern_method
+res = lab.trained["skintern"]
+out_dir = res.adapter_dir.parent
 losses = skintern.stage_losses(res.metrics)
 stage_rows = skintern.plan_table(plan, comp_report, dims["n_linear"], losses)
 print(f"SKIntern: {out_dir.name} {'(cached)' if res.cached else ''} {res.metrics['steps']} steps in "
@@ -194,8 +199,7 @@ fig.savefig(ctx.path("stages.png"), dpi=120)
 plt.show()""",
     """#md
 ## 5 · Inference on the question alone (P-STD)""",
-    """result = students.evaluate_student("skintern", student, res.adapter_dir, eval_sets, ctx.path("eval", "skintern"),
-                                   batch_size=eval_batch_size, max_new_tokens=max_new_tokens, seed=seed)
+    """result = lab.score("skintern", res.adapter_dir, eval_sets)  # P-STD: the question alone
 row = students.result_row("skintern", result, res.metrics, stages_T=stages_T, schedule=schedule_kind,
                           max_demos=max_demos, demo_mode=demo_mode, compressor=comp_report[0]["compressor"],
                           knowledge_writer=writer.name, train_steps=res.metrics["steps"])
