@@ -15,9 +15,7 @@ Notebook glue (02_kb_construction, 03_nesycd_training):
 """
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 from typing import Callable
 
 from nesylib import prompts

@@ -30,7 +30,6 @@ import inspect
 import json
 import logging
 import math
-import os
 import shutil
 import time
 import warnings

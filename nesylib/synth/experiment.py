@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 import random
 import re
-from pathlib import Path
 
 from nesylib.errors import ConfigError, DataError
 from nesylib.prompts import ANSWER_MARKER
