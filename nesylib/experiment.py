@@ -98,7 +98,8 @@ class KardKnowledge:
 
         if not 0.0 <= keep_own <= 1.0:
             raise ConfigError(f"parameter 'kard_keep_own' must be in [0, 1], got {keep_own!r}")
-        self.pool = [(uid, passage_text(text)) for uid, text in knowledge.items() if passage_text(text)]
+        passages = ((uid, passage_text(text)) for uid, text in knowledge.items())
+        self.pool = [(uid, p) for uid, p in passages if p]
         if not self.pool:
             raise ConfigError("KARD needs knowledge texts, but the knowledge file is empty")
         self.k = k

@@ -83,10 +83,7 @@ def synth_task_spec(rationale_rows: list[dict], tokenizer, margin: float = 1.3, 
 # ------------------------------------------------------------------------------------ analysis
 def fact_sentences(record: dict, world: World) -> list[str]:
     """The needed facts as they are stated (lower case, no final period), in reasoning order."""
-    try:
-        return [world.facts[f][:-1].lower() for f in record["meta"]["facts"]]
-    except KeyError as e:
-        raise DataError(f"record {record.get('uid')!r}: fact {e} is not in this world") from e
+    return [t[:-1].lower() for t in fact_texts(record, world)]
 
 
 def fact_texts(record: dict, world: World) -> list[str]:
