@@ -183,25 +183,44 @@ def nesycd_errors(lab: Lab, sp_adapter, train_rows: list[dict], per_task: int | 
 
 def nesycd_student(lab: Lab, train_rows: list[dict], kb, eval_sets, k_retrieve: int = 3, k_insert: int = 1,
                    train_knowledge: str = "own", keep_own: float = 0.0, index_text: str = "question",
-                   retriever: str = "bm25") -> MethodRun:
+                   retriever: str = "bm25", step_budget: str = "own") -> MethodRun:
     """NesyCD steps 5-6: S_E from the base model on D14's concatenation (P-KB errors, P-STD all,
     P-FT all; one cross-entropy over their target tokens), then retrieval at test time.
 
     ``train_knowledge``: "own" gives each error item its own analysis (the authors' choice);
     "retrieved" retrieves it as at test time, the item's own entry allowed for a seeded share
-    ``keep_own`` (see experiment.KardKnowledge). ``index_text``: what entries are found by."""
+    ``keep_own`` (see experiment.KardKnowledge). ``index_text``: what entries are found by.
+    ``step_budget``: see ``nesycd_fit``."""
     from nesylib.nesycd import retrieved_knowledge
 
     examples = nesycd_examples(train_rows, kb, k_retrieve, k_insert, train_knowledge, keep_own, index_text,
                                retriever, lab.seed)
     train_inserted = {e.uid: e.prompt for e in examples if e.kind == "kb"}
-    adapter = lab.fit("nesycd", examples)
+    adapter = nesycd_fit(lab, examples, len(train_rows), step_budget)
     records = [r for recs in eval_sets.values() for r in recs]
     inserted = retrieved_knowledge(records, kb, k_retrieve=k_retrieve, k_insert=k_insert) if len(kb) else \
         {r["uid"]: "" for r in records}
     result = lab.score("nesycd", adapter, eval_sets, knowledge=lambda r: inserted[r["uid"]])
     return MethodRun("nesycd", adapter, result, inserted, {"train_prompts": train_inserted,
                                                            "kb_entries": len(kb), "examples": len(examples)})
+
+
+SE_STEP_BUDGETS = ("own", "std")
+
+
+def nesycd_fit(lab: Lab, examples: list, n_questions: int, step_budget: str = "own") -> Path:
+    """Train S_E on its concatenated set. ``step_budget`` "own": the recipe's epochs over that set
+    (about 2.8x the Std-CoT steps: P-KB errors + P-STD all + P-FT all, the authors' setting); "std":
+    the Std-CoT student's steps on the ``n_questions`` training questions (as SKIntern's budget, D17),
+    so S_E sees a seeded sample of its set in which each format keeps its share."""
+    from nesylib.train import Stage, steps_for
+
+    if step_budget not in SE_STEP_BUDGETS:
+        raise ConfigError(f"parameter 'se_step_budget' must be one of {list(SE_STEP_BUDGETS)}, got {step_budget!r}")
+    if step_budget == "own":
+        return lab.fit("nesycd", examples)
+    steps = lab.config.max_steps or steps_for(n_questions, lab.config.epochs, lab.config)
+    return lab.fit("nesycd", [Stage(list(examples), steps=steps, name="main")])
 
 
 def nesycd_examples(train_rows: list[dict], kb, k_retrieve: int = 3, k_insert: int = 1, train_knowledge: str = "own",

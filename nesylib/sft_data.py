@@ -116,7 +116,9 @@ def item_order(n_items: int, n_draws: int, seed: int, stage: int, lengths: list[
     With ``lengths`` (length grouping), each run of 50 batches is sorted by length, cut into
     batches, and the batches are shuffled (seeded): a batch holds items of similar length, so little
     of it is padding, while the order of batches stays random (sorted runs alone would put every
-    short item, e.g. all answer-only targets, at the end of training).
+    short item, e.g. all answer-only targets, at the end of training). ``batch_size`` is the
+    optimizer step's batch; inside it the items come longest first, so that the micro-batches of
+    gradient accumulation (consecutive slices of the step) each hold items of similar length.
 
     With ``kinds`` (each item's training format) holding more than one kind, each kind is sorted by
     length on its own and the kinds are interleaved in proportion before the cut: every batch then
@@ -159,7 +161,7 @@ def _group_by_length(perm: list[int], lengths: list[int], batch_size: int, seed:
             run = sorted(perm[s:s + mega], key=lambda k: -lengths[k])
         batches = [run[b:b + batch_size] for b in range(0, len(run), batch_size)]
         for b in np.random.default_rng(seed + [7919, s]).permutation(len(batches)):
-            out += batches[b]
+            out += sorted(batches[b], key=lambda k: -lengths[k])  # micro-batches of a step: similar lengths
     return out
 
 

@@ -44,7 +44,7 @@ from nesylib.prompts import Example
 from nesylib.sft_data import (ItemCollator, ItemDataset, StreamSampler, TruncationStats, encode_items,
                               item_order)
 
-ENGINE_VERSION = "e2"  # bump when a change alters what a run with the same inputs produces
+ENGINE_VERSION = "e3"  # bump when a change alters what a run with the same inputs produces
 BACKENDS = ("auto", "hf", "unsloth")
 _RESULT_FILE = "train_result.json"
 _RUN_FILE = "run.json"
@@ -473,7 +473,7 @@ def _build_stream(tok, stages: list[Stage], groups: list[str], config: TrainConf
         steps = st.steps or (config.max_steps or steps_for(len(items), config.epochs, config))
         lengths = [sum(len(s.input_ids) for s in it) for it in items] if config.group_by_length else None
         item_kinds = [it[0].kind for it in items]
-        local = item_order(len(items), steps * config.global_batch, config.seed, si, lengths, config.per_device_batch,
+        local = item_order(len(items), steps * config.global_batch, config.seed, si, lengths, config.global_batch,
                            item_kinds)
         order += [len(all_items) + j for j in local]
         all_items += items

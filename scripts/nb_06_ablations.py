@@ -91,9 +91,9 @@ def add_rows(sweep, variant, value, method, result):
 S_E is 08's student (trained on its own KB analyses, D14); only the test-time prompt changes. `k = 0` inserts
 nothing (the prompt is P-STD), which asks how much of S_E's accuracy comes from the retrieved knowledge.""",
     """if sweeps["k"]:
-    se_adapter = lab.fit("nesycd", mth.nesycd_examples(
+    se_adapter = mth.nesycd_fit(lab, mth.nesycd_examples(
         train_rows, kb, base["k_retrieve"], base["k_insert"], base["se_train_knowledge"], base["se_keep_own"],
-        base["kb_index_text"], seed=base["seed"]))
+        base["kb_index_text"], seed=base["seed"]), len(train_rows), base.get("se_step_budget", "own"))
     k_retrieve = max(max(sweeps["k"]), base["k_retrieve"])
     for k in sweeps["k"]:
         inserted = retrieved_knowledge(evals, kb, k_retrieve=k_retrieve, k_insert=k) if k else {}

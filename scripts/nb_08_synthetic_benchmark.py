@@ -33,7 +33,7 @@ train_overrides = {}         # fields replaced for this notebook only (e.g. a sh
 eval_batch_size = 16
 max_new_tokens = None        # None: per-task caps from the teacher rationales (1.3 x longest)
 synth_config = "default"     # default | smoke | a dict of SynthConfig overrides
-eval_per_task_synth = None   # items per (split, task), a seeded subset; None: all 192 test + 160 ood
+eval_per_task_synth = None   # items per (split, task), a seeded subset: n, {"test": n, "ood": m}, or None (all 192 + 160)
 methods = ["std", "oracle", "kard", "nesycd", "skintern", "ft"]
 stages_T = 6                 # SKIntern stages t in 0..T (D15)
 max_demos = 6                # SKIntern demos at stage 0 (n_t decays linearly)
@@ -43,6 +43,7 @@ k_insert = 1                 # NesyCD: hits inserted into the prompt
 kb_index_text = "question"   # NesyCD: entries are found by question (D13) | knowledge | both
 se_train_knowledge = "own"   # NesyCD S_E training knowledge: own analysis (D14) | retrieved (as at test time)
 se_keep_own = 0.0            # with "retrieved": share of error items whose own entry may be retrieved
+se_step_budget = "own"       # NesyCD S_E steps: "own" (an epoch of its 3-format set) | "std" (Std-CoT's steps)
 kard_k = 3                   # KARD: passages per question
 kard_keep_own = 0.0          # KARD: share of training items whose own passage may be retrieved (D19: 0)
 demo_items_per_task = None   # NesyCD: S_P answers at most this many training questions per task; None: all
@@ -66,14 +67,15 @@ params = dict(preset=preset, run_root=run_root, seed=seed, student=student, trai
               synth_config=synth_config, eval_per_task_synth=eval_per_task_synth, methods=methods,
               stages_T=stages_T, max_demos=max_demos, compressor=compressor, k_retrieve=k_retrieve,
               k_insert=k_insert, kb_index_text=kb_index_text, se_train_knowledge=se_train_knowledge,
-              se_keep_own=se_keep_own, kard_k=kard_k, kard_keep_own=kard_keep_own,
+              se_keep_own=se_keep_own, se_step_budget=se_step_budget, kard_k=kard_k, kard_keep_own=kard_keep_own,
               demo_items_per_task=demo_items_per_task, min_knowledge_share=min_knowledge_share)
 ctx = runs.start("08_synthetic_benchmark", params, schema={
     "seed": int, "student": str, "train": dict, "train_overrides": dict, "eval_batch_size": int,
-    "max_new_tokens": (int, type(None)), "synth_config": (str, dict), "eval_per_task_synth": (int, type(None)),
+    "max_new_tokens": (int, type(None)), "synth_config": (str, dict), "eval_per_task_synth": (int, dict, type(None)),
     "methods": list, "stages_T": int, "max_demos": int, "compressor": ["self-info", "truncate", "llmlingua2", "auto"],
     "k_retrieve": int, "k_insert": int, "kb_index_text": ["question", "knowledge", "both"],
-    "se_train_knowledge": ["own", "retrieved"], "se_keep_own": (int, float), "kard_k": int,
+    "se_train_knowledge": ["own", "retrieved"], "se_keep_own": (int, float),
+    "se_step_budget": ["own", "std"], "kard_k": int,
     "kard_keep_own": (int, float), "demo_items_per_task": (int, type(None)), "min_knowledge_share": (int, float)})
 from nesylib.methods import check_methods
 
@@ -168,7 +170,8 @@ if "oracle" in methods:
     if len(kb):
         print("a KB entry:\\n" + kb.entries[0]["summary"])
     results["nesycd"] = mth.nesycd_student(lab, train_rows, kb, eval_sets, k_retrieve, k_insert,
-                                           se_train_knowledge, se_keep_own, kb_index_text)""",
+                                           se_train_knowledge, se_keep_own, kb_index_text,
+                                           step_budget=se_step_budget)""",
     """#md
 ### KARD (and KA-FT): BM25 passages over the training items' knowledge (D19)
 

@@ -3,10 +3,13 @@ weigh by its share of target tokens, and length grouping must not make single-fo
 
 Before the fix, grouping by length put all short answer-only (P-FT) items into batches of their
 own and the loss was a per-batch mean, so P-FT batches carried far more than their share."""
+import random
+
 import pytest
 import torch
 from transformers import AutoTokenizer
 
+from nesylib.errors import ConfigError
 from nesylib.formats import examples_for
 from nesylib.train import TrainConfig, Stage, _build_stream, group_weighted_ce, target_token_norms
 
@@ -80,3 +83,52 @@ def test_each_format_weighs_by_its_target_tokens(tok):
         assert weight[k] / total == pytest.approx(share[k], abs=0.01), (k, weight[k] / total, share)
     # the answer-only format is a small share of the target tokens, so it must stay a small share of the loss
     assert share["ft"] < 0.2
+
+
+def _padded_tokens(items, order, micro):
+    """Tokens the model processes when each micro-batch is padded to its longest sequence."""
+    bs = [order[b:b + micro] for b in range(0, len(order), micro)]
+    return sum(len(b) * max(len(items[i][0].input_ids) for i in b) for b in bs)
+
+
+def test_accumulated_micro_batches_group_lengths_inside_mixed_steps(tok):
+    """With gradient accumulation the step (global batch) mixes the formats, while each micro-batch
+    holds the step's items of similar length: the long P-KB prompts are not padded alongside the short
+    P-FT ones. Before the fix the order was cut into micro-batches, each mixing all formats."""
+    ex = _se_examples()
+    cfg = TrainConfig(per_device_batch=2, grad_accum=4, max_steps=12, cutoff_len=512, group_by_length=True)
+    items, order, _, _, _ = _build_stream(tok, [Stage(ex, steps=0)], ["main"], cfg)
+    steps = [order[b:b + cfg.global_batch] for b in range(0, len(order), cfg.global_batch)]
+    assert all(len({items[i][0].kind for i in s}) == 3 for s in steps)  # every optimizer step mixes formats
+    for s in steps:  # within a step, longest first: micro-batches are contiguous length ranges
+        lens = [len(items[i][0].input_ids) for i in s]
+        assert lens == sorted(lens, reverse=True)
+    # the same steps with their items in random order pad far more
+    rng = random.Random(0)
+    shuffled = []
+    for s in steps:
+        s = list(s)
+        rng.shuffle(s)
+        shuffled += s
+    assert _padded_tokens(items, order, 2) < 0.9 * _padded_tokens(items, shuffled, 2)
+
+
+def test_se_step_budget_std_trains_the_std_cot_steps_on_a_format_balanced_sample(tmp_path, tiny_model_dir, tok):
+    """``se_step_budget="std"`` gives S_E the Std-CoT student's steps (SKIntern's budget rule), drawing
+    its batches from all three formats in their shares; "own" is an epoch of the whole set."""
+    from nesylib import methods as mth
+    from nesylib.train import steps_for
+
+    cfg = TrainConfig(epochs=1, per_device_batch=2, grad_accum=2, lora_r=4, lora_alpha=8, cutoff_len=256,
+                      save_steps=50, logging_steps=1, group_by_length=True)
+    ex = _se_examples(16)  # 8 P-KB + 16 P-STD + 16 P-FT = 40 examples over 16 questions
+    lab = mth.Lab(str(tiny_model_dir), cfg, tmp_path, tmp_path / "nb", log=False)
+    mth.nesycd_fit(lab, ex, n_questions=16, step_budget="std")
+    std_steps = steps_for(16, 1, cfg)
+    assert lab.trained["nesycd"].metrics["steps"] == std_steps == 4
+    share = lab.trained["nesycd"].metrics["target_token_share"]
+    assert set(share) == {"kb", "std", "ft"}
+    mth.nesycd_fit(lab, ex, n_questions=16, step_budget="own")
+    assert lab.trained["nesycd"].metrics["steps"] == steps_for(len(ex), 1, cfg) == 10
+    with pytest.raises(ConfigError, match="se_step_budget"):
+        mth.nesycd_fit(lab, ex, 16, step_budget="half")

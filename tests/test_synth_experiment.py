@@ -73,6 +73,18 @@ def test_eval_records_are_test_then_ood_and_a_seeded_stratified_subset(bench):
         sx.eval_records({"test": bench["test"]})
 
 
+def test_eval_records_take_a_size_per_split(bench):
+    sub = sx.eval_records(bench, per_task={"test": 3, "ood": 1}, seed=1)
+    assert [r["split"] for r in sub] == ["test"] * 3 * 4 + ["ood"] * 4
+    assert [r for r in sub if r["split"] == "test"] == sx.eval_records(bench, per_task=3, seed=1)[:12]
+    whole_ood = sx.eval_records(bench, per_task={"test": 1}, seed=1)
+    assert sum(r["split"] == "ood" for r in whole_ood) == len(bench["ood"])
+    with pytest.raises(ConfigError, match=r"unknown split.*'dev'"):
+        sx.eval_records(bench, per_task={"test": 1, "dev": 1})
+    with pytest.raises(ConfigError, match=r"eval_per_task_synth'\['ood'\]"):
+        sx.eval_records(bench, per_task={"ood": "2"})
+
+
 def test_task_spec_caps_cover_the_longest_rationale_of_each_family(train_rows, tok):
     spec = sx.synth_task_spec(train_rows, tok, margin=1.3, floor=8)
     for task, cap in spec.max_new_tokens_by_task.items():

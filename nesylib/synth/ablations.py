@@ -24,7 +24,7 @@ CONTENT_VARIANTS = ("knowledge_only", "examples_only")
 # 08's parameters the ablations inherit (the variant equal to 08's run must share its students).
 INHERITED = ("seed", "student", "train", "train_overrides", "max_new_tokens", "synth_config", "eval_per_task_synth",
              "methods", "stages_T", "max_demos", "compressor", "k_retrieve", "k_insert", "kb_index_text",
-             "se_train_knowledge", "se_keep_own")
+             "se_train_knowledge", "se_keep_own", "se_step_budget")
 
 
 def _is_int(x) -> bool:

@@ -48,17 +48,30 @@ def resolve_config(spec) -> SynthConfig:
                       f"SynthConfig overrides")
 
 
-def eval_records(bench: dict[str, list[dict]], per_task: int | None = None, seed: int = 42) -> list[dict]:
-    """The test then ood records, at most ``per_task`` per (split, task) by a seeded draw (None: all)."""
+def eval_records(bench: dict[str, list[dict]], per_task=None, seed: int = 42) -> list[dict]:
+    """The test then ood records, at most ``per_task`` per (split, task) by a seeded draw (None: all).
+
+    ``per_task`` is one integer for both splits or a mapping {"test": n, "ood": m} (a split it does
+    not name, or names with None, is taken whole)."""
     from nesylib.data import subsample
 
-    if per_task is not None and (isinstance(per_task, bool) or not isinstance(per_task, int) or per_task < 1):
-        raise ConfigError(f"parameter 'eval_per_task_synth' must be None or an integer >= 1, got {per_task!r}")
+    def check(n, where):
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ConfigError(f"parameter 'eval_per_task_synth'{where} must be None or an integer >= 1, got {n!r}")
+        return n
+
+    if isinstance(per_task, dict):
+        unknown = sorted(set(per_task) - {"test", "ood"})
+        if unknown:
+            raise ConfigError(f"parameter 'eval_per_task_synth' names unknown split(s) {unknown}; use 'test' and 'ood'")
+        sizes = {s: check(per_task.get(s), f"[{s!r}]") for s in ("test", "ood")}
+    else:
+        sizes = dict.fromkeys(("test", "ood"), check(per_task, ""))
     out = []
     for split in ("test", "ood"):
         if split not in bench:
             raise DataError(f"benchmark has no {split!r} split (has {sorted(bench)})")
-        out += subsample(bench[split], per_task, seed)
+        out += subsample(bench[split], sizes[split], seed)
     return out
 
 
