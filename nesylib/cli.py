@@ -1,4 +1,4 @@
-"""Command line: ``python -m nesylib {provision,run,teach,data}``."""
+"""Command line: ``python -m nesylib {provision,run,params,export,export-model,teach,data}``."""
 from __future__ import annotations
 
 import argparse
@@ -22,15 +22,22 @@ def _provision(args) -> int:
 
 
 def _run(args) -> int:
-    from nesylib.runs import run_preset
+    from nesylib.params import run_with_overrides
 
     t0 = time.time()
     only = [s for s in (args.only or "").split(",") if s]
-    summary = run_preset(args.preset, only=only or None, force=args.force, run_root=args.run_root,
-                         kernel=args.kernel)
+    summary = run_with_overrides(args.preset, args.set, only=only or None, force=args.force, run_root=args.run_root,
+                                 kernel=args.kernel)
     ran = sum(1 for s in summary if s["status"] == "ran")
     print(f"preset {args.preset}: {ran} notebook(s) ran, {len(summary) - ran} cached, "
           f"{time.time() - t0:.0f} s in all")
+    return 0
+
+
+def _params(args) -> int:
+    from nesylib.params import describe_parameters
+
+    print(describe_parameters(args.notebook, args.preset))
     return 0
 
 
@@ -39,6 +46,15 @@ def _export(args) -> int:
 
     files = export_results(args.preset, args.run_root)
     print(f"exported {len(files)} files to results/{args.preset}/")
+    return 0
+
+
+def _export_model(args) -> int:
+    from nesylib.train import export_model
+
+    out = export_model(args.adapter, args.out, base=args.base, dtype=args.dtype, force=args.force)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"merged model: {out} ({size / 2**20:.1f} MiB)")
     return 0
 
 
@@ -66,9 +82,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="re-run notebooks even if their inputs are unchanged")
     r.add_argument("--run-root", help="output folder (default results/runs/<preset>)")
     r.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's own)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset value (repeatable): common.seed=1, 05_baselines.methods='[std,kard]', "
+                        "08_synthetic_benchmark.train.lr=5e-4; the value is YAML, checked before anything runs")
+    pa = sub.add_parser("params", help="list a notebook's parameters: type, default, help (and a preset's values)")
+    pa.add_argument("notebook", help="e.g. 00_data or 08_synthetic_benchmark")
+    pa.add_argument("--preset", help="also show the value this preset gives each parameter")
     e = sub.add_parser("export", help="copy a run's tables and figures into results/<preset>/ (for committing)")
     e.add_argument("--preset", default="cpu")
     e.add_argument("--run-root", help="run folder (default results/runs/<preset>)")
+    m = sub.add_parser("export-model", help="merge a LoRA adapter into its base model (for from_pretrained, vLLM)")
+    m.add_argument("--adapter", required=True, help="adapter folder (a student's <out_dir>/adapter)")
+    m.add_argument("--out", required=True, help="output folder; refused if it exists and is not empty")
+    m.add_argument("--base", help="a student name or model folder (default: named in adapter_config.json)")
+    m.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="dtype of the saved weights")
+    m.add_argument("--force", action="store_true", help="replace a non-empty --out")
     d = sub.add_parser("data", help="verify (and download if missing) every pinned benchmark file")
     d.add_argument("--data-dir", help="mirror folder (default $NESYLIB_DATA_DIR, else download to the cache)")
     try:
@@ -82,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"provision": _provision, "run": _run, "data": _data, "export": _export}
+    handlers = {"provision": _provision, "run": _run, "params": _params, "data": _data, "export": _export,
+                "export-model": _export_model}
     try:
         if args.cmd == "teach":
             from nesylib.teacher.cli import run_teach

@@ -8,12 +8,25 @@ from pathlib import Path
 _EVAL_CODE = ("generate.py", "evaluate.py", "adapters.py", "extract.py", "metrics.py", "flops.py")
 
 
+def numeric_setting(batch_size: int) -> dict:
+    """What decides the floating-point path of a batched evaluation besides its inputs. Greedy
+    outputs are batch-invariant in exact arithmetic, but with several threads a matmul's blocking
+    (and so its last bits) depends on the batch shape, the thread count, the kernels the CPU
+    dispatches to and the torch build; a near-tie between two tokens can then flip. Part of the
+    evaluation key, so a stored evaluation is reused only where it would come out the same."""
+    import torch
+
+    return {"batch_size": int(batch_size), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "cpu": torch.backends.cpu.get_cpu_capability(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
 def evaluation_key(method: str, base: str, adapter_dir, eval_sets: dict[str, list[dict]], knowledge=None,
-                   max_new_tokens: int | None = None, seed: int = 42, specs: dict | None = None) -> str:
+                   max_new_tokens: int | None = None, seed: int = 42, specs: dict | None = None,
+                   batch_size: int = 16) -> str:
     """What determines an evaluation's outputs: the student (base + adapter fingerprint), every
     prompt, the caps and seed, the task specs (versions, or the whole of a spec passed in
-    ``specs``) and the evaluation code. Greedy outputs do not depend on the batch size
-    (nesylib.generate), so it is not part of the key."""
+    ``specs``), the evaluation code and the numeric setting (``numeric_setting``)."""
     from dataclasses import asdict
 
     from nesylib.evaluate import get_task_spec
@@ -35,6 +48,7 @@ def evaluation_key(method: str, base: str, adapter_dir, eval_sets: dict[str, lis
         "specs": {ds: (asdict(specs[ds]) if specs and ds in specs else get_task_spec(ds).version)
                   for ds in sorted({r["dataset"] for r in records})},
         "code": [file_hash(here / f) for f in _EVAL_CODE],
+        "numeric": numeric_setting(batch_size),
     })
 
 
@@ -52,7 +66,7 @@ def evaluate_cached(method: str, base: str, adapter_dir, eval_sets: dict[str, li
     from nesylib.evaluate import EvalResult
     from nesylib.students import evaluate_student
 
-    key = evaluation_key(method, base, adapter_dir, eval_sets, knowledge, max_new_tokens, seed, specs)
+    key = evaluation_key(method, base, adapter_dir, eval_sets, knowledge, max_new_tokens, seed, specs, batch_size)
     out = Path(cache_root) / f"{method}-{key}"
     summary_file, samples = out / "summary.json", out / "samples.jsonl"
     cached = summary_file.is_file() and samples.is_file()

@@ -531,8 +531,10 @@ def generate_batch(model, tokenizer, prompts: Sequence[str],
                    add_bos: bool = False) -> list[GenOutput]:
     """Complete every prompt; outputs come back in the order of ``prompts``.
 
-    Greedy (``sampling=None``) results do not depend on ``batch_size`` or order; they match
-    unbatched ``model.generate`` followed by ``apply_stop_rules``. ``max_new_tokens`` is one cap
+    Greedy (``sampling=None``) results match unbatched ``model.generate`` followed by
+    ``apply_stop_rules`` up to floating-point rounding: the batch shape changes a matmul's last
+    bits (with several threads), which can flip a near-tie between two tokens, so stored
+    evaluations are keyed on the batch size and thread count (``evaluate_cache.numeric_setting``). ``max_new_tokens`` is one cap
     for all prompts or one per prompt (per-task caps). ``stop_on_repetition`` may be
     a ``RepetitionRule`` to change its thresholds. ``sampling`` draws with one generator per
     prompt, seeded from ``seed`` and the prompt's position, so a sample does not depend on the

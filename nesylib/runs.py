@@ -32,6 +32,7 @@ import os
 import platform
 import random
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -261,18 +262,55 @@ def validate(params: dict, schema: dict) -> None:
 
 
 def start(name: str, params: dict, schema: dict | None = None, run_root: str | Path | None = None) -> RunContext:
-    """Validate parameters, make the run folder, record params and environment, seed everything."""
+    """Validate parameters, make the run folder, record params and environment, seed everything.
+
+    A notebook run by hand (papermill, Jupyter) whose ``preset`` names a preset file must have been
+    given that preset's values: ``-p preset smoke`` alone would run the defaults under the preset's
+    name, so it is refused (``check_preset_values``). Under ``run_preset`` the runner passed them.
+    """
+    root = Path(run_root or params.get("run_root") or RUNS_DIR / str(params.get("preset", "adhoc")))
+    stage = _staging_dir(name, root)
+    if stage is None:
+        check_preset_values(name, params)
     if schema:
         validate(params, schema)
-    root = Path(run_root or params.get("run_root") or RUNS_DIR / str(params.get("preset", "adhoc")))
     final_dir = root / name
-    run_dir = _staging_dir(name, root) or final_dir
+    run_dir = stage or final_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     clean = {k: v for k, v in params.items() if not k.startswith("_")}
     write_json(run_dir / "params.json", clean)
     write_json(run_dir / "env.json", capture_env())
     set_seed(int(params.get("seed", 42)))
     return RunContext(name=name, dir=run_dir, params=clean, final_dir=final_dir)
+
+
+def _comparable(value):
+    return json.loads(json.dumps(value, default=str))  # tuples as lists, as a preset's YAML gives them
+
+
+def check_preset_values(name: str, params: dict) -> None:
+    """Refuse a hand-run notebook that names a preset in ``preset`` but got other values than it gives.
+
+    Only names of files in ``presets/`` are checked; any other ``preset`` (the default ``"adhoc"``,
+    a label of one's own) is just the run folder's name. Values the preset does not set are free.
+    """
+    pname = params.get("preset")
+    if not (isinstance(pname, str) and re.fullmatch(r"[\w.-]+", pname) and (PRESETS_DIR / f"{pname}.yaml").is_file()):
+        return
+    wanted = notebook_params(load_preset(pname), name)
+    differ = {k: wanted[k] for k in params if k not in ("preset", "run_root") and k in wanted
+              and _comparable(params[k]) != _comparable(wanted[k])}
+    if not differ:
+        return
+    shown = "; ".join(f"{k} = {params[k]!r} here, the preset gives {v!r}" for k, v in list(differ.items())[:3])
+    more = f" (and {len(differ) - 3} more)" if len(differ) > 3 else ""
+    values = shlex.quote(yaml.safe_dump(differ, default_flow_style=True, sort_keys=False, width=float("inf")).strip())
+    raise ConfigError(
+        f"{name}: preset {pname!r} is named, but the notebook did not get its values: {shown}{more}. "
+        f"papermill and Jupyter pass only the values given with -p/-y, and 'preset' alone is just a name. "
+        f"Run it with `python -m nesylib run --preset {pname} --only {name}`, or pass the preset's values, e.g. "
+        f"`papermill notebooks/{name}.ipynb out.ipynb -p preset {pname} -y {values}` "
+        f"(`python -m nesylib params {name} --preset {pname}` lists them all).")
 
 
 def _staging_dir(name: str, root: Path) -> Path | None:
@@ -409,15 +447,17 @@ def lock_run_root(root: str | Path, only: list[str] | None = None):
         yield root / LOCK_FILE
 
 
-def run_preset(preset_name: str, only: list[str] | None = None, force: bool = False,
+def run_preset(preset_name: str | dict, only: list[str] | None = None, force: bool = False,
                run_root: str | Path | None = None, notebooks_dir: Path = NOTEBOOKS_DIR,
                kernel: str | None = None, log=print) -> list[dict]:
     """Execute the preset's notebooks in order through papermill; skip those whose inputs are unchanged.
 
-    The run root is locked for the whole run (``lock_run_root``): a second full run on it, or a second
-    run of the same notebook, fails at once with ``RunRootLocked``.
+    ``preset_name``: a preset's name or file, or a preset already loaded (``params.apply_overrides``
+    gives one with ``--set`` values, which are then ordinary parameter values: in params.json and
+    in the cache key). The run root is locked for the whole run (``lock_run_root``): a second full
+    run on it, or a second run of the same notebook, fails at once with ``RunRootLocked``.
     """
-    preset = load_preset(preset_name)
+    preset = preset_name if isinstance(preset_name, dict) else load_preset(preset_name)
     # absolute: the notebooks run with notebooks_dir as their working directory, where a relative
     # run_root would point somewhere else than the done.json files written here
     root = Path(run_root).resolve() if run_root else RUNS_DIR / preset["name"]

@@ -106,10 +106,13 @@ def student_dir(run_root, method: str, examples, config, base: str) -> Path:
     import dataclasses
 
     from nesylib.runs import stable_hash
+    from nesylib.train import TRACKING_ONLY
 
     flat = examples if not examples or not hasattr(examples[0], "examples") else \
         [(st.steps, st.examples) for st in examples]
-    key = stable_hash({"base": base, "config": dataclasses.asdict(config), "examples": repr(flat)})
+    # logging settings leave the weights alone: the same folder with or without them
+    cfg = {k: v for k, v in dataclasses.asdict(config).items() if k not in TRACKING_ONLY}
+    key = stable_hash({"base": base, "config": cfg, "examples": repr(flat)})
     return Path(run_root) / "students" / f"{method}-{key}"
 
 

@@ -48,7 +48,19 @@ ENGINE_VERSION = "e3"  # bump when a change alters what a run with the same inpu
 BACKENDS = ("auto", "hf", "unsloth")
 _RESULT_FILE = "train_result.json"
 _RUN_FILE = "run.json"
-_NOT_IN_FINGERPRINT = ("save_steps", "logging_steps")  # bookkeeping only: may change across a resume
+# tracking only: never changes the weights, so it stays out of every key (existing students stay cached)
+TRACKING_ONLY = ("report_to",)
+_NOT_IN_FINGERPRINT = ("save_steps", "logging_steps") + TRACKING_ONLY  # bookkeeping: may change across a resume
+# transformers' reporting integrations (INTEGRATION_TO_CALLBACK) -> {module it needs: pip name}. Spelled out here so
+# that validating a preset does not import transformers; tests/test_export_model.py checks that they still agree.
+REPORT_TO_PACKAGES = {
+    "azure_ml": {"azureml": "azureml-core"}, "clearml": {"clearml": "clearml"},
+    "codecarbon": {"codecarbon": "codecarbon"}, "comet_ml": {"comet_ml": "comet-ml"},
+    "dagshub": {"dagshub": "dagshub", "mlflow": "mlflow"}, "dvclive": {"dvclive": "dvclive"},
+    "flyte": {"flytekit": "flytekit"}, "kubeflow": {}, "mlflow": {"mlflow": "mlflow"},
+    "neptune": {"neptune": "neptune"}, "swanlab": {"swanlab": "swanlab"},
+    "tensorboard": {"tensorboard": "tensorboard"}, "trackio": {"trackio": "trackio"}, "wandb": {"wandb": "wandb"},
+}
 _log = logging.getLogger(__name__)
 
 
@@ -84,6 +96,7 @@ class TrainConfig:
     group_by_length: bool = False
     add_bos: bool = False               # D11: no BOS by default, as the authors' template
     gradient_checkpointing: bool = False
+    report_to: str | list[str] = "none"  # transformers integrations ("tensorboard", ["wandb", "mlflow"], "all")
 
     @property
     def global_batch(self) -> int:
@@ -108,7 +121,22 @@ class TrainConfig:
              "must be auto, float32, bfloat16 or float16")
         need(isinstance(self.group_weights, dict) and all(w >= 0 for w in self.group_weights.values()),
              "group_weights", "must map group names to weights >= 0")
+        rt = self.report_to
+        known = ("none", "all", *REPORT_TO_PACKAGES)
+        if not (rt in known if isinstance(rt, str) else isinstance(rt, (list, tuple)) and len(rt) > 0
+                and all(isinstance(n, str) and n in REPORT_TO_PACKAGES for n in rt)):
+            raise ConfigError(f"train.report_to={rt!r}: must be 'none', 'all', or one integration or a list of "
+                              f"them, from {sorted(REPORT_TO_PACKAGES)}")
         return self
+
+
+def check_report_to(report_to) -> None:
+    """Fail before training, not at its first log, when a named integration's package is not installed."""
+    for name in [report_to] if isinstance(report_to, str) else report_to:
+        for module, pip_name in REPORT_TO_PACKAGES.get(name, {}).items():
+            if importlib.util.find_spec(module) is None:
+                raise ConfigError(f"train.report_to={report_to!r}: the {name} integration needs the {module!r} "
+                                  f"package, which is not installed; pip install {pip_name}")
 
 
 @dataclass
@@ -497,7 +525,9 @@ def _training_args(config: TrainConfig, out_dir: Path, total_steps: int, backend
         weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm, optim="adamw_torch",
         logging_steps=config.logging_steps, logging_first_step=True, save_strategy="steps",
         save_steps=config.save_steps, save_total_limit=1, seed=config.seed, data_seed=config.seed,
-        bf16=bf16, use_cpu=not cuda, report_to="none", remove_unused_columns=False,
+        bf16=bf16, use_cpu=not cuda, remove_unused_columns=False,
+        # TensorBoard writes to <out_dir>/runs/<date>_<host>, beside the adapter (transformers 5 has no logging_dir)
+        report_to=config.report_to if isinstance(config.report_to, str) else list(config.report_to),
         dataloader_num_workers=0, dataloader_pin_memory=cuda,
         gradient_checkpointing=config.gradient_checkpointing and backend == "hf",
         gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
@@ -519,6 +549,7 @@ def train_lora(model_name_or_path: str, examples: list[Example] | list[Stage], c
     from nesylib.models import resolve_model
 
     config.validate()
+    check_report_to(config.report_to)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stages = _as_stages(examples)
@@ -616,6 +647,38 @@ def merge_adapter(base: str, adapter_dir: str | Path, out_dir: str | Path, dtype
         merged.save_pretrained(tmp)
         tok.save_pretrained(tmp)
     return out_dir
+
+
+def export_model(adapter_dir: str | Path, out_dir: str | Path, base: str | None = None, dtype: str = "float32",
+                 force: bool = False) -> Path:
+    """``merge_adapter`` behind the checks of ``python -m nesylib export-model``: a self-contained folder
+    (config, safetensors weights, tokenizer, generation config) for ``from_pretrained`` or vLLM.
+
+    ``base`` defaults to the adapter's ``base_model_name_or_path``. An existing non-empty ``out_dir`` is
+    refused unless ``force``; the merge writes a temporary sibling and renames it into place.
+    """
+    adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ConfigError(f"dtype={dtype!r}: must be float32, bfloat16 or float16")
+    if not adapter_dir.is_dir():
+        raise ModelError(f"{adapter_dir}: adapter folder not found")
+    cfg_file = adapter_dir / "adapter_config.json"
+    if not cfg_file.is_file():
+        raise ModelError(f"{adapter_dir}: no adapter_config.json (not a saved LoRA adapter)")
+    if out_dir.resolve() == adapter_dir.resolve():
+        raise ConfigError(f"{out_dir}: is the adapter folder itself; choose another output folder")
+    if out_dir.exists() and not force and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ConfigError(f"{out_dir}: exists and is not empty; pass --force to replace it")
+    if base is None:
+        try:
+            base = json.loads(cfg_file.read_text()).get("base_model_name_or_path")
+        except ValueError as e:
+            raise ModelError(f"{cfg_file}: unreadable ({e})") from None
+        if not base:
+            raise ModelError(f"{cfg_file}: names no base_model_name_or_path; pass --base")
+        if Path(base).is_absolute() and not Path(base).is_dir():  # trained on another machine or cache
+            raise ModelError(f"{cfg_file}: its base model folder {base} does not exist here; pass --base")
+    return merge_adapter(base, adapter_dir, out_dir, dtype)
 
 
 def load_student(base: str, adapter_dir: str | Path | None = None, merged: bool = True,

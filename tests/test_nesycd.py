@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 from nesylib import nesycd
 from nesylib import prompts
@@ -192,6 +193,15 @@ def test_evaluation_key_tracks_what_changes_outputs(train, kb_and_errors, tmp_pa
     assert key != nesycd.evaluation_key("kb", "tiny-llama", None, sets, lambda r: know[r["uid"]],
                                              max_new_tokens=10)
     assert key != nesycd.evaluation_key("kb", "smollm2-135m", None, sets, lambda r: know[r["uid"]])
+    # the numeric setting: batch shape and thread count decide a matmul's last bits, so a greedy
+    # near-tie may flip; a stored evaluation is not reused across them
+    assert key != nesycd.evaluation_key("kb", "tiny-llama", None, sets, lambda r: know[r["uid"]], batch_size=32)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        assert key != nesycd.evaluation_key("kb", "tiny-llama", None, sets, lambda r: know[r["uid"]])
+    finally:
+        torch.set_num_threads(threads)
     adapter = tmp_path / "s" / "adapter"
     adapter.mkdir(parents=True)
     (adapter.parent / "train_result.json").write_text(json.dumps({"fingerprint": "abc"}))
