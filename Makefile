@@ -15,11 +15,12 @@ export TOKENIZERS_PARALLELISM ?= false
 export OMP_WAIT_POLICY ?= PASSIVE
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv model test test-all reproduce lint clean-runs help
+.PHONY: venv model test test-all reproduce lint clean-runs help gpu-check
 
 help:
 	@echo "make reproduce   run every notebook on the $(PRESET) preset (results/runs/$(PRESET)/)"
 	@echo "make test        the test suite (slow tests excluded); make test-all runs them too"
+	@echo "make gpu-check   on a CUDA machine: Unsloth vs peft, vLLM vs transformers, the paper preset on a tiny slice"
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -49,6 +50,10 @@ test: model
 
 test-all: model
 	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+# GPU machines only (about 8 minutes); writes results/gpu/gpu_check.json. Without a GPU it stops at once.
+gpu-check: model
+	$(BIN)/python benchmarks/gpu_check.py
 
 reproduce: model
 	time $(BIN)/python -m nesylib run --preset $(PRESET)

@@ -1,4 +1,4 @@
-"""Command line: ``python -m nesylib {provision,run,params,export,export-model,teach,data}``."""
+"""Command line: ``python -m nesylib {provision,run,params,export,export-model,train-job,teach,data}``."""
 from __future__ import annotations
 
 import argparse
@@ -58,6 +58,20 @@ def _export_model(args) -> int:
     return 0
 
 
+def _train_job(args) -> int:
+    import os
+
+    from nesylib.train import run_job
+
+    res = run_job(args.job)
+    if os.environ.get("RANK", "0") == "0":
+        m = res.metrics
+        print(f"adapter: {res.adapter_dir} ({'cached, ' if res.cached else ''}{m.get('steps')} steps on "
+              f"{m.get('world_size', 1)} process(es), global batch {m.get('global_batch')}, "
+              f"final loss {m.get('final_loss')})")
+    return 0
+
+
 def _data(args) -> int:
     from nesylib.sources import fetch, registry
 
@@ -98,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                    help="dtype of the saved weights")
     m.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    t = sub.add_parser("train-job", help="train one student from a job file (written by train_lora when "
+                                        "train.world_size > 1); start it with torchrun or accelerate launch")
+    t.add_argument("job", help="the job.json in a student's folder (docs/multi-gpu.md)")
     d = sub.add_parser("data", help="verify (and download if missing) every pinned benchmark file")
     d.add_argument("--data-dir", help="mirror folder (default $NESYLIB_DATA_DIR, else download to the cache)")
     try:
@@ -112,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"provision": _provision, "run": _run, "params": _params, "data": _data, "export": _export,
-                "export-model": _export_model}
+                "export-model": _export_model, "train-job": _train_job}
     try:
         if args.cmd == "teach":
             from nesylib.teacher.cli import run_teach

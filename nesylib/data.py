@@ -3,7 +3,7 @@
 A record is a plain dict (so it drops straight into ``datasets.Dataset``):
 
     uid               "{dataset}/{task}/{index}", stable across runs
-    dataset           bbh | gsm8k | agieval | arc-e | arc-c | gsm8k_plus
+    dataset           bbh | gsm8k | agieval | arc-e | arc-c | gsm8k_plus, or one defined by configuration
     task              task name; drives answer extraction and per-task accuracy
     split             train | test
     question          question text including an "Options:" block where there is one
@@ -12,7 +12,8 @@ A record is a plain dict (so it drops straight into ``datasets.Dataset``):
     task_description  one sentence describing the task
     meta              dataset-specific extras (GSM8K solution, GSM-Plus perturbation type, ...)
 
-Conversion rules follow docs/method.md §1.5 (D1, D3, D5, D6, D8).
+Conversion rules follow docs/method.md §1.5 (D1, D3, D5, D6, D8). Datasets of one's own are defined by
+configuration (nesylib.custom_data) and selected by name like these (``known_datasets``).
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from nesylib.errors import DataError
+from nesylib import custom_data
+from nesylib.errors import ConfigError, DataError
 from nesylib.sources import fetch
 
 BBH_TASKS = [
@@ -260,8 +262,43 @@ def load_arc(which: str = "arc-e", data_dir=None) -> list[dict]:
 
 
 # -------------------------------------------------------------------------------------- facade
+def custom_datasets() -> dict[str, dict]:
+    """Datasets defined by configuration (nesylib.custom_data): name -> entry. A name that is a built-in
+    set's or task's is refused: records, scoring and averages key on these names."""
+    entries = custom_data.registered()
+    taken = sorted(set(entries) & (set(DATASETS) | {"bb", "synth"} | set(BBH_TASKS) | set(AGIEVAL_TASKS)))
+    if taken:
+        raise ConfigError(f"dataset name(s) {taken} of a configured dataset are built-in set or task names; "
+                          f"rename them")
+    return entries
+
+
+def known_datasets() -> list[str]:
+    """Every name ``load_dataset_records`` accepts: the built-in sets, then the configured ones."""
+    return DATASETS + [n for n in custom_datasets() if n not in DATASETS]
+
+
+def domain_sets() -> tuple[list[str], list[str]]:
+    """(in-domain, out-of-domain) set names: the papers' (IN_DOMAIN, OUT_OF_DOMAIN) plus configured sets by role."""
+    custom = custom_datasets()
+    return (IN_DOMAIN + [n for n, e in custom.items() if e["role"] == "in_domain"],
+            OUT_OF_DOMAIN + [n for n, e in custom.items() if e["role"] == "out_of_domain"])
+
+
+def dataset_splits(name: str) -> list[str]:
+    """The splits a set has: train and test for BBH and GSM8K, test for the other built-in sets; for a
+    configured set, those its rows fall in."""
+    entry = custom_datasets().get(name)
+    if entry is not None:
+        return custom_data.splits(entry)
+    return ["train", "test"] if name in IN_DOMAIN else ["test"]
+
+
 def load_dataset_records(name: str, split: str = "test", data_dir=None, tasks=None) -> list[dict]:
-    """Records of one benchmark by its project name (see DATASETS)."""
+    """Records of one benchmark by its project name (see ``known_datasets``)."""
+    entry = custom_datasets().get(name)
+    if entry is not None:
+        return custom_data.load_records(entry, split)
     if name == "bbh":
         return load_bbh(split, tasks, data_dir)
     if name == "gsm8k":
@@ -276,7 +313,8 @@ def load_dataset_records(name: str, split: str = "test", data_dir=None, tasks=No
         return load_gsm_plus(data_dir)
     if name == "bb":
         raise DataError("BB-sub is not available (method.md D4): its pinned files are not public")
-    raise DataError(f"unknown dataset {name!r}; choose from {DATASETS}")
+    raise DataError(f"unknown dataset {name!r}; choose from {known_datasets()} (or define one: "
+                    f"nesylib/custom_data.py)")
 
 
 def subsample(records: list[dict], per_task: int | None, seed: int = 42) -> list[dict]:

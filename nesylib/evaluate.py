@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from nesylib.errors import ConfigError, DataError
-from nesylib.adapters import _merged_adapter, is_peft as _is_peft, merge_lora  # noqa: F401 (merge_lora: public here too)
+from nesylib.adapters import _merged_adapter, merge_lora  # noqa: F401 (merge_lora: public here too)
 from nesylib.generate import DEFAULT_STOP_STRINGS, Sampling
 
 FLOOR_NEW_TOKENS = 320
@@ -96,9 +96,24 @@ TASK_SPECS: dict[str, TaskSpec] = {
 }
 
 
+def custom_task_spec(name: str) -> TaskSpec | None:
+    """The spec of a dataset defined by configuration (nesylib.custom_data), or None: its cap is the
+    entry's ``max_new_tokens`` (default the floor), and its version follows the entry and the data
+    file's content, so a changed gold answer or answer type is never scored from a stored evaluation."""
+    from nesylib.custom_data import fingerprint, lookup
+    from nesylib.runs import stable_hash
+
+    entry = lookup(name)
+    if entry is None:
+        return None
+    return TaskSpec(name, name, int(entry["max_new_tokens"] or FLOOR_NEW_TOKENS),
+                    version=f"custom-{stable_hash(fingerprint({name: entry}))}",
+                    note=f"configured dataset, answer type {entry['answer_type']}")
+
+
 def get_task_spec(name: str) -> TaskSpec:
-    """The spec of an evaluation set; unknown or unavailable sets raise a clear error."""
-    spec = TASK_SPECS.get(name)
+    """The spec of an evaluation set (built-in or configured); unknown or unavailable sets raise a clear error."""
+    spec = TASK_SPECS.get(name) or custom_task_spec(name)
     if spec is None:
         raise ConfigError(f"no TaskSpec for dataset {name!r}; known: {sorted(TASK_SPECS)} "
                           "(pass specs={name: TaskSpec(...)} to evaluate for a new set)")
@@ -180,10 +195,13 @@ def evaluate(model, tokenizer, records, build_prompt: Callable[[dict], str], *, 
     stage1_text) -> str`` enables CasCoD inference: its prompt is generated from once more and
     that completion is the answer; ``prompt_tokens``/``generated_tokens`` then hold one count
     per stage (the FLOPs convention counts both, D22). A PeftModel is evaluated with its
-    adapter merged (D20) and unmerged again afterwards, unless ``merge=False``. ``add_bos``
+    adapter merged (D20) and unmerged again afterwards, unless ``merge=False``. ``engine="vllm"`` takes
+    a ``vllm_engine.ModelFiles`` (base + adapter folder, served as a LoRA) or a model; ``meta["vllm"]`` says
+    how it was served. ``add_bos``
     must match the student's training (D11; off by default). ``prompt_tokens`` counts the BOS.
     """
-    from nesylib.generate import get_engine, vllm_available
+    from nesylib.engines import get_engine
+    from nesylib.vllm_engine import vllm_available
 
     records = _check_records(records)
     spec_of = {}
@@ -207,7 +225,7 @@ def evaluate(model, tokenizer, records, build_prompt: Callable[[dict], str], *, 
     prompts = _prompts(build_prompt, records, "build_prompt")
     t0 = time.perf_counter()
     uses_vllm = engine == "vllm" or (engine == "auto" and vllm_available())
-    # the vLLM engine serves merged weights itself (it saves merge_lora(model) for vLLM to load)
+    # the vLLM engine serves a PeftModel's adapter itself (as a LoRA, or merged into a copy)
     with _merged_adapter(model, merge and not uses_vllm) as merged:
         outs = gen(model, tokenizer, prompts, max_new_tokens=caps, **kw)
         stage2_prompts = stage2 = None
@@ -216,6 +234,7 @@ def evaluate(model, tokenizer, records, build_prompt: Callable[[dict], str], *, 
             caps2 = [int(stage2_max_new_tokens)] * len(records) if stage2_max_new_tokens else caps
             stage2 = gen(model, tokenizer, stage2_prompts, max_new_tokens=caps2, **kw)
     seconds = time.perf_counter() - t0
+    served = getattr(gen, "last_served", None) if uses_vllm else None  # LoRA, merged copy or base: and why
 
     rows = []
     for i, (rec, out) in enumerate(zip(records, outs)):
@@ -241,7 +260,8 @@ def evaluate(model, tokenizer, records, build_prompt: Callable[[dict], str], *, 
 
     meta = {"method": method, "engine": engine, "batch_size": batch_size, "sampling": asdict(sampling) if sampling
             else None, "seed": seed, "stop_strings": list(stop_strings), "two_stage": two_stage is not None,
-            "add_bos": add_bos, "lora_merged": merged.merged or (uses_vllm and _is_peft(model)),
+            "add_bos": add_bos, "lora_merged": merged.merged or (served or {}).get("mode") == "merged",
+            "vllm": served,
             "max_new_tokens_override": max_new_tokens,
             "specs": {ds: {"version": s.version, "extractor": s.extractor, "max_new_tokens": s.max_new_tokens,
                            "by_task": dict(s.max_new_tokens_by_task)} for ds, s in spec_of.items()},

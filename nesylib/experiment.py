@@ -16,23 +16,38 @@ SELECTION_SCHEMA = {"seed": int, "bbh_tasks": (list, type(None)), "train_per_tas
                     "gsm8k_train": (int, type(None)), "eval_per_task": dict}
 
 
-def select_train(bbh_tasks=None, train_per_task=None, gsm8k_train=None, seed=42, data_dir=None) -> list[dict]:
-    """Train records: BBH train (selected tasks, at most ``train_per_task`` each) + GSM8K train (capped).
+def _check_names(names, parameter: str) -> None:
+    known = data.known_datasets()
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise ConfigError(f"parameter {parameter!r} names unknown dataset(s) {unknown}; allowed: {known} "
+                          f"(a dataset of your own is defined in the preset's 'datasets:' section)")
+
+
+def select_train(bbh_tasks=None, train_per_task=None, gsm8k_train=None, seed=42, data_dir=None,
+                 datasets=("bbh", "gsm8k")) -> list[dict]:
+    """Train records of ``datasets``: BBH train (selected tasks, at most ``train_per_task`` each), GSM8K
+    train (capped), and the train split of any other set named (a configured one: at most
+    ``train_per_task`` per task), in that order.
 
     ``gsm8k_train``: None keeps all 7,473, 0 excludes GSM8K (D3 allows excluding or capping it).
     """
-    recs = data.subsample(data.load_bbh("train", bbh_tasks, data_dir), train_per_task, seed)
-    if gsm8k_train != 0:
+    _check_names(datasets, "train_datasets")
+    recs = []
+    if "bbh" in datasets:
+        recs += data.subsample(data.load_bbh("train", bbh_tasks, data_dir), train_per_task, seed)
+    if "gsm8k" in datasets and gsm8k_train != 0:
         g = data.load_gsm8k("train", data_dir)
         recs += data.subsample(g, gsm8k_train, seed) if gsm8k_train else g
+    for name in dict.fromkeys(datasets):
+        if name not in ("bbh", "gsm8k"):
+            recs += data.subsample(data.load_dataset_records(name, "train", data_dir), train_per_task, seed)
     return recs
 
 
 def select_eval(eval_per_task: dict, bbh_tasks=None, seed=42, data_dir=None) -> dict[str, list[dict]]:
     """Evaluation slices: dataset -> records, at most ``eval_per_task[dataset]`` per task (None = all)."""
-    unknown = sorted(set(eval_per_task) - set(data.DATASETS))
-    if unknown:
-        raise ConfigError(f"parameter 'eval_per_task' names unknown dataset(s) {unknown}; allowed: {data.DATASETS}")
+    _check_names(eval_per_task, "eval_per_task")
     out = {}
     for name, per_task in eval_per_task.items():
         recs = data.load_dataset_records(name, "test", data_dir, tasks=bbh_tasks if name == "bbh" else None)

@@ -10,6 +10,11 @@ Two judges are offered:
   text right after it (to the end of its line) must be exactly the gold answer, after
   normalising case and surrounding punctuation; options are compared by letter, numbers by value.
 
+Tasks of datasets defined by configuration (nesylib.custom_data) are scored by their answer type:
+choice (the authors' option rule), number (``extract_number``: the value in the answer sentence, compared
+by value), text (exact text after normalisation) and yesno (``extract_yes_no``). Built-in tasks are
+scored as before.
+
 Deliberate differences from the authors' code (all documented in the functions):
   - "option b" is read as the choice (b); the authors' code compares the string "option b" with
     "(b)" by substring, which can never succeed.
@@ -21,6 +26,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from nesylib.custom_data import answer_type_of_task as answer_type
 from nesylib.prompts import ANSWER_MARKER
 
 QUESTION_CUT = "Question: "
@@ -46,8 +52,9 @@ class Extraction:
 
 
 def is_math_task(task: str) -> bool:
-    """Math scoring applies when the task name contains gsm8k, GSM or MATH (case as written)."""
-    return "gsm8k" in task or "GSM" in task or "MATH" in task
+    """Math scoring applies when the task name contains gsm8k, GSM or MATH (case as written), and to
+    configured datasets of answer type number."""
+    return "gsm8k" in task or "GSM" in task or "MATH" in task or answer_type(task) == "number"
 
 
 def _whole_output_math(task: str) -> bool:
@@ -74,29 +81,40 @@ def _cut_sentence(text: str) -> str:
     return text.split(".", 1)[0].split("\n\n", 1)[0].strip()
 
 
-def find_answer(output: str) -> Extraction:
+_SENTENCE_END = re.compile(r"\.(?=\s|$)|\n")
+
+
+def _cut_answer_sentence(text: str) -> str:
+    """Keep the text up to the end of its first sentence, stripped: a '.' followed by whitespace or the
+    end, or a line break (so "3.5" stays whole, where the authors' cut keeps "3")."""
+    m = _SENTENCE_END.search(text)
+    return (text[:m.start()] if m else text).strip()
+
+
+def find_answer(output: str, cut=_cut_sentence) -> Extraction:
     """Run the cue cascade of method.md §6.2 on a non-math output (no number step).
 
-    The output is first cut at the first "Question: " (a hallucinated follow-up question).
+    The output is first cut at the first "Question: " (a hallucinated follow-up question). ``cut``
+    shortens the text after the cue (the authors': at the first "." and the first blank line).
     """
     x = output.split(QUESTION_CUT, 1)[0]
     for cue in _LEADING_CUES:
         if cue in x:
-            return Extraction(cue, _cut_sentence(x.split(cue, 1)[1]))
+            return Extraction(cue, cut(x.split(cue, 1)[1]))
     if "Explanation" not in x:
         for cue in _LABEL_CUES:
             if cue in x:
-                return Extraction(cue, _cut_sentence(x.split(cue, 1)[1]))
+                return Extraction(cue, cut(x.split(cue, 1)[1]))
     else:
         # With an explanation section: the text after the last label before "Explanation".
         for cue in _LABEL_CUES:
             if cue in x:
                 head = x.split("Explanation", 1)[0]
-                return Extraction(cue + " (before Explanation)", _cut_sentence(head.rsplit(cue, 1)[-1]))
+                return Extraction(cue + " (before Explanation)", cut(head.rsplit(cue, 1)[-1]))
     for cue in _TRAILING_CUES:
         if cue in x:
-            return Extraction(cue, _cut_sentence(x.split(cue, 1)[1]))
-    return Extraction(FALLBACK, _cut_sentence(x))
+            return Extraction(cue, cut(x.split(cue, 1)[1]))
+    return Extraction(FALLBACK, cut(x))
 
 
 def last_number(text: str) -> str | None:
@@ -107,15 +125,49 @@ def last_number(text: str) -> str | None:
     return found[-1].replace(",", "").replace("+", "").strip().rstrip(".")
 
 
+def extract_number(output: str) -> str | None:
+    """A number answer (answer type number): the last number of the answer sentence that a cue opens
+    (cut at its end, not at its first '.', so "3.5" stays whole), else the last number of the output
+    (cut at a follow-up "Question: "); None without any number."""
+    found = find_answer(output, cut=_cut_answer_sentence)
+    if found.cue != FALLBACK:
+        number = last_number(found.text)
+        if number is not None:
+            return number
+    return last_number(output.split(QUESTION_CUT, 1)[0])
+
+
+def _yes_no(text: str) -> str | None:
+    word = re.match(r"[\s\"'`*(]*([A-Za-z]+)", text or "")
+    return {"yes": "yes", "no": "no", "true": "yes", "false": "no"}.get(word.group(1).lower()) if word else None
+
+
+def extract_yes_no(output: str) -> str | None:
+    """A yes/no answer (answer type yesno): "yes" or "no" from the first word of the cascade snippet
+    (true/false count as yes/no); None when that word is neither."""
+    return _yes_no(find_answer(output).text)
+
+
+def _number_equal(a: str | None, b: str | None) -> bool:
+    x, y = (_to_value(v) if v is not None else None for v in (a, b))
+    return x is not None and y is not None and abs(x - y) <= 1e-9 * max(1.0, abs(y))
+
+
 def extract_answer(output: str, task: str) -> str | None:
     """The answer the lenient judge scores, or None when there is nothing to score.
 
     Math tasks: the last number, read from the whole raw output for gsm8k-named tasks and from the
     cascade snippet for other GSM/MATH tasks. Other tasks: the cascade snippet (its first-sentence
-    fallback included, as the authors score it); None if that snippet is empty.
+    fallback included, as the authors score it); None if that snippet is empty. Configured tasks of
+    answer type number or yesno: ``extract_number``, ``extract_yes_no``.
     """
     if not isinstance(output, str):
         raise TypeError(f"output must be a string, got {type(output).__name__}")
+    kind = answer_type(task)
+    if kind == "number":
+        return extract_number(output)
+    if kind == "yesno":
+        return extract_yes_no(output)
     if is_math_task(task):
         return last_number(output if _whole_output_math(task) else find_answer(output).text)
     return find_answer(output).text or None
@@ -150,9 +202,10 @@ def has_answer(output: str, task: str) -> bool:
     if is_math_task(task):
         return extract_answer(output, task) is not None
     found = find_answer(output)
+    text = found.text if answer_type(task) != "yesno" else (found.text if _yes_no(found.text) else "")
     if found.cue == FALLBACK:
-        return bool(found.text) and is_answer_only(output)
-    return bool(found.text)
+        return bool(text) and is_answer_only(output)
+    return bool(text)
 
 
 def _answer_line(output: str) -> str | None:
@@ -225,12 +278,25 @@ def is_correct(output: str, gold: str, task: str, question: str = "") -> bool:
       code, a snippet without "invalid" (even an empty one) counts as the answer "valid".
     * otherwise: lower-cased option letters compared when both sides have one ("(b)", "(3)",
       "option b", a single letter); else the option/free-text contents must be equal and non-empty.
+    * configured datasets (nesylib.custom_data) by answer type: number = ``extract_number`` equals the
+      gold by value; yesno = ``extract_yes_no`` equals the gold's yes/no; text = the normalised snippet,
+      or the normalised rest of the answer's line, equals the normalised gold; choice = the option rule above.
     ``question`` lets ``preprocess_gold`` add the option text to a letter gold.
     """
     if not isinstance(gold, str):
         raise TypeError(f"gold must be a string, got {type(gold).__name__}")
     if not isinstance(output, str):
         raise TypeError(f"output must be a string, got {type(output).__name__}")
+    kind = answer_type(task)
+    if kind == "number":
+        return _number_equal(extract_number(output), last_number(gold))
+    if kind == "yesno":
+        ref = _yes_no(gold)
+        return ref is not None and extract_yes_no(output) == ref
+    if kind == "text":  # exact text: the authors' snippet, or the answer's whole line ("St. Louis.")
+        g = _norm_text(gold)
+        return bool(g) and g in (_norm_text(find_answer(output).text),
+                                 _norm_text(find_answer(output, cut=lambda t: t.split("\n", 1)[0]).text))
     gold = preprocess_gold(gold, question)
     if is_math_task(task):
         pred, ref = extract_answer(output, task), last_number(gold)

@@ -26,16 +26,15 @@ never be part of the answer. For non-math tasks the extractor cuts there anyway,
 would change "the last number of the whole output" (method.md §9) and it costs decoding time.
 Pass ``stop_strings=AUTHORS_STOP_STRINGS`` for the authors' set alone.
 
-An optional vLLM engine (``get_engine("vllm")``) exists for GPU machines. It is imported only
-when asked for, and it applies the same stop rules to the token ids vLLM returns.
+The optional vLLM engine for GPU machines is ``nesylib.vllm_engine``; ``nesylib.engines`` picks an
+engine by name.
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from nesylib.errors import ConfigError
 
@@ -43,7 +42,6 @@ AUTHORS_STOP_STRINGS = ("</s>", "---", "```output")
 DEFAULT_STOP_STRINGS = AUTHORS_STOP_STRINGS + ("\n\nQuestion:",)
 DEFAULT_MAX_NEW_TOKENS = 1024  # D20
 STOP_REASONS = ("eos", "stop_string", "repetition", "length")
-ENGINES = ("hf", "vllm", "auto")
 # Prefill groups may hold this many tokens per real token. On CPU a 200-token prompt already
 # keeps the matrix units busy, so batching prompts gains nothing and pads cost full passes.
 PREFILL_SLACK = {"cpu": 1.0, "default": 1.25}
@@ -587,103 +585,3 @@ class _progress:
     def close(self):
         if self.bar is not None:
             self.bar.close()
-
-
-# -------------------------------------------------------------------------------- vLLM engine
-class VLLMEngine:
-    """vLLM behind the ``generate_batch`` signature (GPU only; the authors' engine, method.md §6.1).
-
-    ``model`` may be a local folder or an in-memory transformers model: the latter (LoRA merged
-    first, D20, in place) is saved to a temporary folder and loaded by vLLM from there; it is
-    reloaded when its weights change. The same stop rule is replayed over vLLM's token ids, so
-    outputs carry the same fields and stop reasons. Pass e.g. ``gpu_memory_utilization=0.5`` when
-    the transformers model also sits on the GPU. Not exercised by the CPU test suite.
-    """
-
-    def __init__(self, **llm_kwargs):
-        if importlib.util.find_spec("vllm") is None:
-            raise ConfigError("engine 'vllm' needs the vllm package (pip install vllm); use engine='hf'")
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ConfigError("engine 'vllm' needs a CUDA GPU; use engine='hf' on CPU")
-        self.llm_kwargs = llm_kwargs
-        self._llm = None
-        self._key = None
-        self._tmp = None
-
-    @staticmethod
-    def _fingerprint(model) -> tuple:
-        """Identity plus a cheap checksum of the weights: a model trained further gets reloaded."""
-        import torch
-
-        with torch.no_grad():
-            return id(model), float(sum(p.detach().double().sum() for p in model.parameters()))
-
-    def _load(self, model, tokenizer):
-        import gc
-        import tempfile
-
-        import torch
-        from vllm import LLM
-
-        key = model if isinstance(model, str) else self._fingerprint(model)
-        if self._llm is not None and self._key == key:
-            return self._llm
-        if self._llm is not None:  # one engine at a time on the GPU
-            self._llm = None
-            gc.collect()
-            torch.cuda.empty_cache()
-        path = model
-        if not isinstance(model, str):
-            from nesylib.adapters import merge_lora
-
-            self._tmp = tempfile.TemporaryDirectory(prefix="nesylib-vllm-")
-            merge_lora(model).save_pretrained(self._tmp.name)  # note: folds a LoRA adapter in place
-            tokenizer.save_pretrained(self._tmp.name)
-            path = self._tmp.name
-        self._llm = LLM(model=path, tokenizer=path, seed=0, **self.llm_kwargs)
-        self._key = key
-        return self._llm
-
-    def __call__(self, model, tokenizer, prompts, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, batch_size=16,
-                 stop_strings=DEFAULT_STOP_STRINGS, stop_on_repetition=True, sort_by_length=True, progress=True,
-                 sampling: Sampling | None = None, seed: int = 42, add_bos: bool = False) -> list[GenOutput]:
-        from vllm import SamplingParams
-
-        llm = self._load(model, tokenizer)
-        eos = eos_token_ids(model, tokenizer) if not isinstance(model, str) else [tokenizer.eos_token_id]
-        rep = stop_on_repetition if isinstance(stop_on_repetition, RepetitionRule) else (
-            RepetitionRule() if stop_on_repetition else None)
-        encoded = encode_prompts(tokenizer, prompts, add_bos)
-        caps = per_prompt_caps(max_new_tokens, len(encoded))
-        s = sampling
-        params = [SamplingParams(temperature=s.temperature if s else 0.0, top_p=s.top_p if s else 1.0,
-                                 top_k=(s.top_k or -1) if s else -1, max_tokens=caps[i],
-                                 stop=list(stop_strings), stop_token_ids=list(eos), seed=seed * 1_000_003 + i,
-                                 skip_special_tokens=True)
-                  for i in range(len(encoded))]
-        outs = llm.generate([{"prompt_token_ids": ids} for ids in encoded], params, use_tqdm=progress)
-        return [apply_stop_rules(o.outputs[0].token_ids, tokenizer, eos_ids=eos, prompt_tokens=len(ids),
-                                 max_new_tokens=cap, stop_strings=stop_strings, repetition=rep)
-                for o, ids, cap in zip(outs, encoded, caps)]
-
-
-def vllm_available() -> bool:
-    if importlib.util.find_spec("vllm") is None:
-        return False
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def get_engine(name: str = "hf") -> Callable[..., list[GenOutput]]:
-    """A callable with ``generate_batch``'s signature: "hf" (own loop), "vllm", or "auto"
-    (vLLM when it is installed and a GPU is present, else "hf")."""
-    if name == "auto":
-        name = "vllm" if vllm_available() else "hf"
-    if name == "hf":
-        return generate_batch
-    if name == "vllm":
-        return VLLMEngine()
-    raise ConfigError(f"engine must be one of {ENGINES}, got {name!r}")

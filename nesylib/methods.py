@@ -69,6 +69,7 @@ class Lab:
     batch_size: int = 16
     max_new_tokens: int | None = None
     seed: int = 42
+    engine: str = "hf"                  # evaluation engine: hf | vllm | auto (nesylib.engines.get_engine)
     timing: dict = field(default_factory=dict)
     train_metrics: dict = field(default_factory=dict)
     trained: dict = field(default_factory=dict)   # name -> nesylib.train.TrainResult (full metrics)
@@ -105,7 +106,7 @@ class Lab:
         name = name or method
         infer = METHODS[method][1] if method in METHODS else method
         kw = dict(knowledge=knowledge, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
-                  seed=self.seed, specs=self.specs)
+                  seed=self.seed, specs=self.specs, engine=self.engine)
         t0 = time.time()
         copy_to = Path(self.out_dir) / "eval" / name
         if adapter is None:

@@ -16,7 +16,7 @@ from collections import Counter, defaultdict
 import numpy as np
 import pandas as pd
 
-from nesylib.data import IN_DOMAIN, OUT_OF_DOMAIN
+from nesylib.data import domain_sets
 
 
 def _flags(flags, name: str = "flags") -> np.ndarray:
@@ -118,9 +118,10 @@ def summarize(rows, n_boot: int = 1000, seed: int = 0) -> dict:
 
     Keys: ``datasets`` {name: {n, accuracy, ci_low, ci_high, no_answer_rate, well_formed_rate}},
     ``id_average`` / ``ood_average`` (mean of per-dataset accuracies over the ID = bbh, gsm8k and
-    OOD = agieval, arc-e, arc-c, gsm8k_plus sets present; None when none is present), with the
-    sets used under ``id_datasets`` / ``ood_datasets``; ``bbh_tasks`` {task: {n, accuracy, ci_low,
-    ci_high}}; overall ``no_answer_rate`` and ``well_formed_rate`` (None when not computable).
+    OOD = agieval, arc-e, arc-c, gsm8k_plus sets present, and configured sets by their role; None when
+    none is present), with the sets used under ``id_datasets`` / ``ood_datasets``; ``bbh_tasks``
+    {task: {n, accuracy, ci_low, ci_high}}; overall ``no_answer_rate`` and ``well_formed_rate`` (None
+    when not computable).
     """
     rows = _check_rows(rows, ["dataset", "task", "correct"])
     if not rows:
@@ -142,8 +143,9 @@ def summarize(rows, n_boot: int = 1000, seed: int = 0) -> dict:
         present = [d for d in names if d in datasets]
         return (float(np.mean([datasets[d]["accuracy"] for d in present])) if present else None), present
 
-    id_avg, id_sets = _avg(IN_DOMAIN)
-    ood_avg, ood_sets = _avg(OUT_OF_DOMAIN)
+    in_domain, out_of_domain = domain_sets()
+    id_avg, id_sets = _avg(in_domain)
+    ood_avg, ood_sets = _avg(out_of_domain)
     bbh = [r for r in rows if r["dataset"] == "bbh"]
     bbh_tasks = {}
     if bbh:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nesylib.data import IN_DOMAIN, OUT_OF_DOMAIN
+from nesylib.data import domain_sets
 from nesylib.errors import ConfigError, DataError
 
 MAIN_SOURCES = ("03_nesycd_training", "04_skintern_curriculum", "05_baselines")
@@ -191,7 +191,7 @@ def _main_row(r, nb: NotebookResult, i: int) -> dict:
         out[ds] = _number(r[ds], f"{where} '{ds}'", 0, 1)
         out[f"{ds}_ci_low"], out[f"{ds}_ci_high"] = _interval(r[f"{ds}_ci"], f"{where} '{ds}_ci'")
         out[f"{ds}_n"] = _count(r[f"{ds}_n"], f"{where} '{ds}_n'")
-    for split, names in (("id", IN_DOMAIN), ("ood", OUT_OF_DOMAIN)):
+    for split, names in zip(("id", "ood"), domain_sets()):
         present = [d for d in names if d in datasets]
         avg = _optional(r.get(f"{split}_avg"), f"{where} '{split}_avg'")
         if math.isnan(avg) and present:  # the harness's definition: plain mean of the sets present
@@ -233,8 +233,8 @@ def main_table(collected: Collected) -> tuple[pd.DataFrame, list[str]]:
     lead = ["notebook", "method", "method_id", "student", "student_params", "id_avg", "id_ci_low", "id_ci_high",
             "ood_avg", "ood_ci_low", "ood_ci_high"]
     found = list(dict.fromkeys(k for r in rows for k in r if f"{k}_n" in r))
-    datasets = [d for d in IN_DOMAIN + OUT_OF_DOMAIN if d in found] + [d for d in found
-                                                                       if d not in IN_DOMAIN + OUT_OF_DOMAIN]
+    ordered = [d for names in domain_sets() for d in names]
+    datasets = [d for d in ordered if d in found] + [d for d in found if d not in ordered]
     per_ds = [c for d in datasets for c in (d, f"{d}_ci_low", f"{d}_ci_high", f"{d}_n")]
     tail = ["items", "no_answer_rate", "well_formed_rate", "strict_id_avg", "inference_flops_per_item",
             "inference_tflops", "prefill_macs_per_item", "prefill_tmacs", "eval_seconds", "train_seconds",
@@ -679,7 +679,8 @@ def _main_data_text(table: pd.DataFrame) -> str:
     total = f"{int(items[0])}" if len(items) == 1 else f"{int(items[0])}–{int(items[-1])}"
     sources = ", ".join(dict.fromkeys(table.notebook))
     return (f"Evaluation slices per method: {'; '.join(parts)} ({total} in all). {_plural(len(table), 'method')}, "
-            f"rows from {sources}. ID = {', '.join(IN_DOMAIN)}; OOD = {', '.join(OUT_OF_DOMAIN)} (those present).")
+            f"rows from {sources}. ID = {', '.join(domain_sets()[0])}; OOD = {', '.join(domain_sets()[1])} "
+            f"(those present).")
 
 
 def _plural(n: int, word: str) -> str:

@@ -92,7 +92,10 @@ def file_hash(path: Path) -> str:
 
 # ---------------------------------------------------------------------------------- presets
 def load_preset(name_or_path: str) -> dict:
-    """A preset YAML: {name, common: {...}, notebooks: {stem: {...}}}."""
+    """A preset YAML: {name, common: {...}, notebooks: {stem: {...}}, datasets: {name: entry}}.
+
+    ``datasets`` (optional) defines datasets of one's own (nesylib.custom_data): each entry, or the YAML
+    file it names (relative to the preset file), is checked here and stored with absolute paths."""
     path = Path(name_or_path)
     if not path.suffix:
         path = PRESETS_DIR / f"{name_or_path}.yaml"
@@ -107,6 +110,12 @@ def load_preset(name_or_path: str) -> dict:
         if key not in preset:
             raise ConfigError(f"{path}: preset lacks top-level key {key!r}")
     preset.setdefault("notebooks", {})
+    if preset.get("datasets") is not None:
+        from nesylib import custom_data, data
+
+        preset["datasets"] = custom_data.resolve(preset["datasets"], path.parent, str(path))
+        with custom_data.exported(preset["datasets"]):
+            data.custom_datasets()  # a built-in set's or task's name is refused now, not in a notebook
     for k in preset["common"]:
         if _SECRET_NAME.search(k):
             raise ConfigError(f"{path}: parameter {k!r} looks like a secret; pass secrets through environment "
@@ -150,6 +159,11 @@ def capture_env(extra: dict | None = None) -> dict:
         env["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     except ImportError:
         env["device"] = "cpu"
+    from nesylib import custom_data
+
+    defined = custom_data.registered()
+    if defined:  # datasets of one's own: each entry and its data file's hash
+        env["custom_datasets"] = custom_data.fingerprint(defined)
     env.update(extra or {})
     return env
 
@@ -457,15 +471,23 @@ def run_preset(preset_name: str | dict, only: list[str] | None = None, force: bo
     in the cache key). The run root is locked for the whole run (``lock_run_root``): a second full
     run on it, or a second run of the same notebook, fails at once with ``RunRootLocked``.
     """
+    from nesylib import custom_data
+
     preset = preset_name if isinstance(preset_name, dict) else load_preset(preset_name)
     # absolute: the notebooks run with notebooks_dir as their working directory, where a relative
     # run_root would point somewhere else than the done.json files written here
     root = Path(run_root).resolve() if run_root else RUNS_DIR / preset["name"]
-    with lock_run_root(root, only):
-        return _run_notebooks(preset, root, only, force, notebooks_dir, kernel, log)
+    # datasets of one's own reach the notebook kernels through the environment (those of
+    # $NESYLIB_DATASETS too), and their entries and data files are part of every cache key
+    datasets = {**custom_data.registered(),
+                **custom_data.resolve(preset.get("datasets"), Path.cwd(), f"preset {preset['name']!r}")}
+    with lock_run_root(root, only), custom_data.exported(datasets):
+        return _run_notebooks(preset, root, only, force, notebooks_dir, kernel, log,
+                              custom_data.fingerprint(datasets) if datasets else None)
 
 
-def _run_notebooks(preset: dict, root: Path, only, force: bool, notebooks_dir: Path, kernel, log) -> list[dict]:
+def _run_notebooks(preset: dict, root: Path, only, force: bool, notebooks_dir: Path, kernel, log,
+                   datasets: dict | None = None) -> list[dict]:
     nbs = list_notebooks(notebooks_dir)
     skip = set(preset.get("skip", []) or [])
     if only:
@@ -481,7 +503,7 @@ def _run_notebooks(preset: dict, root: Path, only, force: bool, notebooks_dir: P
         params["run_root"] = str(root)
         # Every notebook's key counts, run or not, so that `--only` runs (e.g. independent notebooks
         # on separate GPUs) and a later full run agree on what is already done.
-        key = _cache_key(nb, params, keys)
+        key = _cache_key(nb, {**params, "_datasets": datasets} if datasets else params, keys)
         keys.append(key)
         if only and stem not in only:
             continue

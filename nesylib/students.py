@@ -62,18 +62,39 @@ def train_student(method: str, examples, config, out_dir: Path, base: str):
 
 def evaluate_student(method: str, base: str, adapter_dir, eval_sets: dict[str, list[dict]], out_dir: Path, *,
                      knowledge=None, batch_size: int = 16, max_new_tokens: int | None = None, seed: int = 42,
-                     specs: dict | None = None):
+                     specs: dict | None = None, engine: str = "hf"):
     """Evaluate a student (merged adapter, D20) on all slices in one pass; writes samples.jsonl.
-    ``specs`` replaces the TaskSpec of a dataset (e.g. the synthetic benchmark's per-task caps)."""
+    ``specs`` replaces the TaskSpec of a dataset (e.g. the synthetic benchmark's per-task caps).
+    ``engine``: "hf" (the model on the GPU when there is one), "vllm" (the adapter served as a LoRA on a
+    vLLM engine kept for the process, nesylib.vllm_engine.VLLMEngine) or "auto"."""
     from nesylib.evaluate import evaluate
-    from nesylib.train import load_student
+    from nesylib.engines import resolve_engine
 
     build, two_stage = inference_prompts(method, knowledge)
-    model, tok = load_student(base, adapter_dir)
+    model, tok = _student_for(base, adapter_dir, resolve_engine(engine))
     records = [r for recs in eval_sets.values() for r in recs]
     return evaluate(model, tok, records, build, method=method, out_dir=out_dir, batch_size=batch_size,
                     max_new_tokens=max_new_tokens, two_stage=two_stage,
-                    stage2_max_new_tokens=16 if two_stage else None, specs=specs, seed=seed, progress=False)
+                    stage2_max_new_tokens=16 if two_stage else None, specs=specs, seed=seed, progress=False,
+                    engine=resolve_engine(engine))
+
+
+def _student_for(base: str, adapter_dir, engine: str):
+    """(model, tokenizer) for ``engine``: the merged student (on the GPU when there is one) for "hf";
+    for "vllm" the student's files (``ModelFiles``: nothing loaded but configs and the tokenizer)."""
+    import torch
+
+    from nesylib.train import load_student
+
+    if engine == "hf":
+        return load_student(base, adapter_dir, device="cuda" if torch.cuda.is_available() else None)
+    from transformers import AutoTokenizer
+
+    from nesylib.vllm_engine import ModelFiles
+
+    files = ModelFiles.load(base, adapter_dir)
+    has_tok = adapter_dir is not None and (Path(adapter_dir) / "tokenizer_config.json").is_file()
+    return files, AutoTokenizer.from_pretrained(str(adapter_dir) if has_tok else files.base)
 
 
 def result_row(method: str, result, train_metrics: dict | None = None, **extra) -> dict:
@@ -103,15 +124,13 @@ def student_dir(run_root, method: str, examples, config, base: str) -> Path:
     Two notebooks that train the same method on the same examples with the same recipe (Std-CoT
     in 05 and NesyCD's S_P in 02) get the same folder, and the engine reuses the finished run.
     """
-    import dataclasses
-
     from nesylib.runs import stable_hash
-    from nesylib.train import TRACKING_ONLY
+    from nesylib.train import TRACKING_ONLY, config_key
 
     flat = examples if not examples or not hasattr(examples[0], "examples") else \
         [(st.steps, st.examples) for st in examples]
-    # logging settings leave the weights alone: the same folder with or without them
-    cfg = {k: v for k, v in dataclasses.asdict(config).items() if k not in TRACKING_ONLY}
+    # logging settings leave the weights alone: the same folder with or without them (world_size: keyed from 2)
+    cfg = config_key(config, TRACKING_ONLY)
     key = stable_hash({"base": base, "config": cfg, "examples": repr(flat)})
     return Path(run_root) / "students" / f"{method}-{key}"
 

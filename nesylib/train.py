@@ -20,6 +20,12 @@ the caller for stage t) are used for exactly its ``steps`` optimizer steps:
     train_lora("smollm2-135m", stages, cfg, out_dir)
 
 ``init_adapter=`` starts from a saved adapter instead (a fresh optimizer and schedule).
+
+Several GPUs (data parallel, docs/multi-gpu.md): ``TrainConfig(world_size=N)`` trains one student on N
+processes; the global batch is per_device_batch x grad_accum x world_size. Called from one process (a
+notebook), ``train_lora`` launches ``torchrun`` (or ``$NESYLIB_LAUNCHER``, e.g. ``accelerate launch`` with
+configs/accelerate/zero2.yaml) on ``python -m nesylib train-job`` and waits; under a launcher it trains its share.
+The process handling itself is ``nesylib.distributed``.
 """
 from __future__ import annotations
 
@@ -39,6 +45,9 @@ from pathlib import Path
 import torch
 
 from nesylib.atomic import atomic_dir
+from nesylib.distributed import (check_dealt_loader, from_main, init_process_group, launch_job,
+                                 launched_world_size, load_optimizer_on_cpus, missing_rng_states,
+                                 pool_over_processes, total_over_processes)
 from nesylib.errors import ConfigError, ModelError
 from nesylib.prompts import Example
 from nesylib.sft_data import (ItemCollator, ItemDataset, StreamSampler, TruncationStats, encode_items,
@@ -51,6 +60,9 @@ _RUN_FILE = "run.json"
 # tracking only: never changes the weights, so it stays out of every key (existing students stay cached)
 TRACKING_ONLY = ("report_to",)
 _NOT_IN_FINGERPRINT = ("save_steps", "logging_steps") + TRACKING_ONLY  # bookkeeping: may change across a resume
+# fields added after students were trained: left out of every key at this value, so existing keys stay as they were
+KEYED_UNLESS_DEFAULT = {"world_size": 1}
+_JOB_FILE = "job.json"
 # transformers' reporting integrations (INTEGRATION_TO_CALLBACK) -> {module it needs: pip name}. Spelled out here so
 # that validating a preset does not import transformers; tests/test_export_model.py checks that they still agree.
 REPORT_TO_PACKAGES = {
@@ -71,6 +83,11 @@ class TrainConfig:
     ``per_device_batch`` counts items: an MT item brings its rationale and its answer sequence.
     ``max_steps`` (optimizer steps) overrides ``epochs``. Every step sees a full global batch; the
     last one is filled from the next shuffled pass.
+
+    ``world_size``: data-parallel processes (GPUs) that train the student together. The global batch
+    is per_device_batch x grad_accum x world_size (D10: the authors' 16 x 1 x 2 GPUs = 32); it alone
+    fixes the data order, the step budget and the schedule, so 8 x 2 x 2 trains on the same items per
+    step as 16 x 2 x 1. At 1 it is left out of the run's keys (students trained before it existed stay cached).
     """
     lora_r: int = 32
     lora_alpha: int = 64
@@ -97,17 +114,18 @@ class TrainConfig:
     add_bos: bool = False               # D11: no BOS by default, as the authors' template
     gradient_checkpointing: bool = False
     report_to: str | list[str] = "none"  # transformers integrations ("tensorboard", ["wandb", "mlflow"], "all")
+    world_size: int = 1                 # data-parallel processes; global batch = per_device x accum x world_size
 
     @property
     def global_batch(self) -> int:
-        return self.per_device_batch * self.grad_accum
+        return self.per_device_batch * self.grad_accum * self.world_size
 
     def validate(self) -> "TrainConfig":
         def need(ok: bool, name: str, rule: str):
             if not ok:
                 raise ConfigError(f"TrainConfig.{name}={getattr(self, name)!r}: {rule}")
         for name in ("lora_r", "lora_alpha", "per_device_batch", "grad_accum", "cutoff_len", "save_steps",
-                     "logging_steps"):
+                     "logging_steps", "world_size"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) > 0, name, "must be a positive int")
         need(0.0 <= self.lora_dropout < 1.0, "lora_dropout", "must be in [0, 1)")
         need(self.lr > 0, "lr", "must be > 0")
@@ -116,6 +134,8 @@ class TrainConfig:
              "must be None or a positive int")
         need(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio", "must be in [0, 1)")
         need(self.backend in BACKENDS, "backend", f"must be one of {BACKENDS}")
+        need(self.world_size == 1 or self.backend != "unsloth", "backend",
+             "'unsloth' trains on one GPU only; use 'hf' or 'auto' with world_size > 1")
         need(self.bf16_autocast in (True, False, "auto"), "bf16_autocast", "must be true, false or auto")
         need(self.model_dtype in ("auto", "float32", "bfloat16", "float16"), "model_dtype",
              "must be auto, float32, bfloat16 or float16")
@@ -329,6 +349,17 @@ def _trainer_class():
         def _get_train_sampler(self, train_dataset=None):
             return self.stream_sampler  # the run's fixed item order (exact resume, stage boundaries)
 
+        def get_train_dataloader(self):
+            """The stream's loader; under several processes, checked to deal out each step's global batch."""
+            loader = super().get_train_dataloader()
+            if self.args.world_size > 1:
+                check_dealt_loader(loader, self.args, self.stream_sampler)
+            return loader
+
+        def _load_optimizer_and_scheduler(self, checkpoint):
+            if not load_optimizer_on_cpus(self, checkpoint):
+                return super()._load_optimizer_and_scheduler(checkpoint)
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels, groups = inputs.pop("labels"), inputs.pop("group_ids")
             targets = labels[:, 1:]
@@ -352,6 +383,10 @@ def _trainer_class():
             return (loss, outputs) if return_outputs else loss
 
         def log(self, logs, start_time=None):
+            if "loss" in logs and len(self.group_names) > 1 and self.args.world_size > 1:
+                # every process logs together (the loss itself is gathered): pool the group means of all
+                self._part_sum, self._part_n = pool_over_processes(self.accelerator, self.args.device, self._part_sum,
+                                                                   self._part_n, len(self.group_names))
             if "loss" in logs and self._part_n and len(self.group_names) > 1:
                 for g, s in self._part_sum.items():
                     logs[f"loss_{self.group_names[g]}"] = round(float(s) / self._part_n[g], 4)
@@ -393,8 +428,15 @@ def _file_sha(path: Path) -> str:
     return h.hexdigest()
 
 
+def config_key(config: TrainConfig, leave_out=()) -> dict:
+    """The config's fields for a key (the run's fingerprint, the student's folder): all but ``leave_out``, and
+    those of KEYED_UNLESS_DEFAULT only where they differ from that value."""
+    return {k: v for k, v in dataclasses.asdict(config).items()
+            if k not in leave_out and not (k in KEYED_UNLESS_DEFAULT and v == KEYED_UNLESS_DEFAULT[k])}
+
+
 def _fingerprint(model_path: str, stages: list[Stage], config: TrainConfig, init_adapter: str | None) -> str:
-    cfg = {k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_IN_FINGERPRINT}
+    cfg = config_key(config, _NOT_IN_FINGERPRINT)
     init = None
     if init_adapter:
         w = Path(init_adapter) / "adapter_model.safetensors"
@@ -423,9 +465,10 @@ def _checkpoints(out_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
-def _checkpoint_problem(ckpt: Path) -> str | None:
+def _checkpoint_problem(ckpt: Path, world_size: int = 1) -> str | None:
     """Why ``ckpt`` cannot be resumed from (None when it can): a kill during a save leaves it without
-    its trainer state, which ``Trainer`` writes last, or without the adapter weights."""
+    its trainer state, which ``Trainer`` writes last, or without the adapter weights, or (several
+    processes) without some process's RNG state (``missing_rng_states``)."""
     state = ckpt / "trainer_state.json"
     if not state.is_file():
         return "no trainer_state.json"
@@ -435,15 +478,18 @@ def _checkpoint_problem(ckpt: Path) -> str | None:
         return f"unreadable trainer_state.json ({type(e).__name__})"
     if not any((ckpt / w).is_file() for w in _ADAPTER_WEIGHTS):
         return f"no adapter weights ({' or '.join(_ADAPTER_WEIGHTS)})"
+    missing = missing_rng_states(ckpt, world_size)
+    if missing:
+        return f"no RNG state of process(es) {missing}"
     return None
 
 
-def _resumable_checkpoint(out_dir: Path) -> Path | None:
+def _resumable_checkpoint(out_dir: Path, world_size: int = 1) -> Path | None:
     """The newest complete checkpoint; incomplete ones are reported and deleted (they can never be
     resumed from, and ``Trainer``'s checkpoint rotation would keep them over a good one)."""
     last = None
     for ckpt in _checkpoints(out_dir):
-        problem = _checkpoint_problem(ckpt)
+        problem = _checkpoint_problem(ckpt, world_size)
         if problem is None:
             last = ckpt
         else:
@@ -467,14 +513,24 @@ def _as_stages(examples) -> list[Stage]:
     return [Stage(list(examples), steps=0, name="main")]  # 0: from max_steps or epochs once items are paired
 
 
-def _prepare_out_dir(out_dir: Path, fp: str, resume: bool, meta: dict) -> tuple[TrainResult | None, Path | None]:
-    """(a finished identical run to return, or None; the checkpoint to resume from, or None)."""
-    done, run_file = out_dir / _RESULT_FILE, out_dir / _RUN_FILE
-    if resume and done.is_file():
+def _finished_run(out_dir: Path, fp: str) -> TrainResult | None:
+    """The finished run with fingerprint ``fp`` in ``out_dir``, if there is one."""
+    done = out_dir / _RESULT_FILE
+    if done.is_file():
         prev = json.loads(done.read_text())
         if prev.get("fingerprint") == fp and (out_dir / "adapter").is_dir():
-            return TrainResult(out_dir / "adapter", prev, cached=True), None
-    last = _resumable_checkpoint(out_dir) if resume else None
+            return TrainResult(out_dir / "adapter", prev, cached=True)
+    return None
+
+
+def _prepare_out_dir(out_dir: Path, fp: str, resume: bool, meta: dict,
+                     world_size: int = 1) -> tuple[TrainResult | None, Path | None]:
+    """(a finished identical run to return, or None; the checkpoint to resume from, or None)."""
+    done, run_file = out_dir / _RESULT_FILE, out_dir / _RUN_FILE
+    finished = _finished_run(out_dir, fp) if resume else None
+    if finished is not None:
+        return finished, None
+    last = _resumable_checkpoint(out_dir, world_size) if resume else None
     if last is not None:
         prev_fp = json.loads(run_file.read_text()).get("fingerprint") if run_file.is_file() else None
         if prev_fp != fp:
@@ -531,6 +587,8 @@ def _training_args(config: TrainConfig, out_dir: Path, total_steps: int, backend
         dataloader_num_workers=0, dataloader_pin_memory=cuda,
         gradient_checkpointing=config.gradient_checkpointing and backend == "hf",
         gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        # several processes: every LoRA weight takes part in every forward, so DDP need not search the graph
+        ddp_find_unused_parameters=False,
     )
 
 
@@ -545,6 +603,10 @@ def train_lora(model_name_or_path: str, examples: list[Example] | list[Stage], c
     RNG, so it ends with the adapter an uninterrupted run gives). resume=False starts afresh.
     ``callbacks`` are extra ``transformers.TrainerCallback``s. Checkpoints are deleted at the end
     unless ``keep_checkpoints``.
+
+    ``config.world_size > 1``: called from one process, it launches that many (``_launch``) and waits;
+    started by ``torchrun``/``accelerate launch`` with WORLD_SIZE == world_size, every process trains its
+    share of each global batch, the main one alone writes ``out_dir``, and all return the same result.
     """
     from nesylib.models import resolve_model
 
@@ -553,7 +615,14 @@ def train_lora(model_name_or_path: str, examples: list[Example] | list[Stage], c
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stages = _as_stages(examples)
-    backend = pick_backend(config.backend)  # before anything below imports transformers
+    launched = launched_world_size()
+    if launched > 1 and launched != config.world_size:
+        raise ConfigError(f"started as {launched} processes but TrainConfig.world_size={config.world_size}: set "
+                          f"world_size={launched} (the global batch is per_device_batch x grad_accum x world_size, "
+                          f"{config.per_device_batch} x {config.grad_accum} x {launched} here)")
+    distributed = config.world_size > 1
+    # unsloth trains on one GPU; before anything below imports transformers
+    backend = "hf" if distributed else pick_backend(config.backend)
     model_path = resolve_model(str(model_name_or_path))
     groups = sorted({e.group for s in stages for e in s.examples})
     unknown = [g for g in groups if g not in config.group_weights]
@@ -561,15 +630,27 @@ def train_lora(model_name_or_path: str, examples: list[Example] | list[Stage], c
         raise ConfigError(f"TrainConfig.group_weights={config.group_weights} has no weight for group(s) {unknown}")
     init = str(init_adapter) if init_adapter else None
     fp = _fingerprint(model_path, stages, config, init)
-    cached, last = _prepare_out_dir(out_dir, fp, resume, {"model": model_path, "init_adapter": init,
-                                                          "config": dataclasses.asdict(config)})
+    if distributed and launched == 1:
+        if callbacks:
+            raise ConfigError("train_lora: callbacks cannot be passed to launched processes; start your script "
+                              "with torchrun or accelerate launch yourself (docs/multi-gpu.md)")
+        return _launch(model_path, examples, config, out_dir, resume, init, keep_checkpoints, fp)
+
+    cuda = torch.cuda.is_available()
+    rank = init_process_group(cuda) if distributed else 0
+    cached = last = None
+    if rank == 0:  # the main process alone reads and tidies out_dir; the others follow its decision
+        cached, last = _prepare_out_dir(out_dir, fp, resume, {"model": model_path, "init_adapter": init,
+                                                              "config": dataclasses.asdict(config)},
+                                        config.world_size)
+    if distributed:
+        cached, last = from_main((cached, last))
     if cached is not None:
         return cached
 
     model, tok = _load_trainable(model_path, config, backend, init)
     all_items, order, stage_info, trunc, kind_share = _build_stream(tok, stages, groups, config)
     total_steps = sum(s["steps"] for s in stage_info)
-    cuda = torch.cuda.is_available()
     bf16 = use_bf16_autocast(config.bf16_autocast, cuda)
     clock = _step_clock()
     trainer = _trainer_class()(model=model, args=_training_args(config, out_dir, total_steps, backend, cuda, bf16),
@@ -579,6 +660,8 @@ def train_lora(model_name_or_path: str, examples: list[Example] | list[Stage], c
     clock.trainer = trainer
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     slice_ok = backend == "hf" and "logits_to_keep" in inspect.signature(base.forward).parameters
+    # per micro-batch of per_device_batch items of the whole stream: under n processes each one's loss is n
+    # times its share of the global batch's, and DDP's mean over the n gradients gives one process's sum
     norms = target_token_norms(all_items, order, config.per_device_batch, len(groups))
     trainer.setup(StreamSampler(order), groups, [float(config.group_weights[g]) for g in groups], slice_ok, norms)
 
@@ -588,40 +671,92 @@ def train_lora(model_name_or_path: str, examples: list[Example] | list[Stage], c
     trainer.train(resume_from_checkpoint=str(last) if last else None)
     seconds = time.perf_counter() - t0
 
-    adapter = out_dir / "adapter"
-    with atomic_dir(adapter) as tmp:  # a unique temporary name: concurrent runs never share it
-        trainer.model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-
     hist, marks = trainer.state.log_history, clock.marks
     processed = int(trainer.tokens_processed)
-    # steady state: from the end of this process's first step (warm-up, allocation) to the last
-    span = (marks[-1][0] - marks[1][0]) if len(marks) > 2 else 0.0
-    metrics = {
-        "fingerprint": fp, "engine": ENGINE_VERSION, "backend": backend, "model": model_path,
-        "device": "cuda" if cuda else "cpu", "bf16_autocast": bf16, "steps": total_steps,
-        "global_batch": config.global_batch, "warmup_steps": math.ceil(config.warmup_ratio * total_steps),
-        "stages": stage_info, "stage_ends": [sum(s["steps"] for s in stage_info[:i + 1]) for i in range(len(stages))],
-        "groups": groups, "truncation": trunc.as_dict(), "target_token_share": kind_share,
-        "loss_curve": [[h["step"], h["loss"]] for h in hist if "loss" in h],
-        "lr_curve": [[h["step"], h["learning_rate"]] for h in hist if "learning_rate" in h],
-        "group_loss_curves": {g: [[h["step"], h[f"loss_{g}"]] for h in hist if f"loss_{g}" in h]
-                              for g in groups if len(groups) > 1},
-        "tokens_seen": sum(sum(len(s.input_ids) for s in all_items[j]) for j in order),
-        "target_tokens_seen": sum(sum(s.n_target for s in all_items[j]) for j in order),
-        "resumed_from_step": int(last.name.split("-")[-1]) if last else None,
-        "tokens_processed_this_process": processed, "seconds": round(seconds, 2),
-        "tokens_per_s": round(processed / seconds, 1) if seconds > 0 else None,
-        "tokens_per_s_steady": round((marks[-1][1] - marks[1][1]) / span, 1) if span > 0 else None,
-        "seconds_per_step_steady": round(span / (len(marks) - 2), 3) if span > 0 else None,
-        "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
-    }
-    metrics["final_loss"] = metrics["loss_curve"][-1][1] if metrics["loss_curve"] else None
-    _write_json(out_dir / _RESULT_FILE, metrics)
-    if not keep_checkpoints:
-        for p in _checkpoints(out_dir):
-            shutil.rmtree(p)
+    processed_all = processed
+    if distributed:  # also a barrier: every process has written its part of the last checkpoint
+        processed_all = total_over_processes(trainer.accelerator, processed, trainer.args.device)
+    metrics = None
+    adapter = out_dir / "adapter"
+    if rank == 0:
+        with atomic_dir(adapter) as tmp:  # a unique temporary name: concurrent runs never share it
+            trainer.model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+        # steady state: from the end of this process's first step (warm-up, allocation) to the last
+        span = (marks[-1][0] - marks[1][0]) if len(marks) > 2 else 0.0
+        metrics = {
+            "fingerprint": fp, "engine": ENGINE_VERSION, "backend": backend, "model": model_path,
+            "device": "cuda" if cuda else "cpu", "bf16_autocast": bf16, "steps": total_steps,
+            "global_batch": config.global_batch, "world_size": config.world_size,
+            "warmup_steps": math.ceil(config.warmup_ratio * total_steps),
+            "stages": stage_info,
+            "stage_ends": [sum(s["steps"] for s in stage_info[:i + 1]) for i in range(len(stages))],
+            "groups": groups, "truncation": trunc.as_dict(), "target_token_share": kind_share,
+            "loss_curve": [[h["step"], h["loss"]] for h in hist if "loss" in h],
+            "lr_curve": [[h["step"], h["learning_rate"]] for h in hist if "learning_rate" in h],
+            "group_loss_curves": {g: [[h["step"], h[f"loss_{g}"]] for h in hist if f"loss_{g}" in h]
+                                  for g in groups if len(groups) > 1},
+            "tokens_seen": sum(sum(len(s.input_ids) for s in all_items[j]) for j in order),
+            "target_tokens_seen": sum(sum(s.n_target for s in all_items[j]) for j in order),
+            "resumed_from_step": int(last.name.split("-")[-1]) if last else None,
+            "tokens_processed_this_process": processed, "seconds": round(seconds, 2),
+            "tokens_per_s": round(processed / seconds, 1) if seconds > 0 else None,
+            "tokens_per_s_steady": round((marks[-1][1] - marks[1][1]) / span, 1) if span > 0 else None,
+            "seconds_per_step_steady": round(span / (len(marks) - 2), 3) if span > 0 else None,
+            "peak_gpu_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+        }
+        if distributed:
+            metrics["tokens_per_s_all_processes"] = round(processed_all / seconds, 1) if seconds > 0 else None
+        metrics["final_loss"] = metrics["loss_curve"][-1][1] if metrics["loss_curve"] else None
+        _write_json(out_dir / _RESULT_FILE, metrics)
+        if not keep_checkpoints:
+            for p in _checkpoints(out_dir):
+                shutil.rmtree(p)
+    if distributed:  # the others wait for the main process's files and return its result
+        metrics = from_main(metrics)
     return TrainResult(adapter, metrics)
+
+
+# ------------------------------------------------------------------------------------ several processes: the job
+def _launch(model_path: str, examples, config: TrainConfig, out_dir: Path, resume: bool, init: str | None,
+            keep_checkpoints: bool, fp: str) -> TrainResult:
+    """Train on ``config.world_size`` processes and wait: write the run as ``out_dir/job.json``, start them on it
+    (``launch_job``, output to ``out_dir/launch.log``), and return the main process's result. A finished identical
+    run is returned without launching anything."""
+    finished = _finished_run(out_dir, fp) if resume else None
+    if finished is not None:
+        return finished
+    staged = all(isinstance(s, Stage) for s in examples)
+    job = {"model": model_path, "config": dataclasses.asdict(config), "out_dir": str(out_dir), "resume": resume,
+           "init_adapter": init, "keep_checkpoints": keep_checkpoints, "fingerprint": fp}
+    if staged:
+        job["stages"] = [{"name": s.name, "steps": s.steps, "examples": [dataclasses.asdict(e) for e in s.examples]}
+                         for s in examples]
+    else:
+        job["examples"] = [dataclasses.asdict(e) for e in examples]
+    job_file = out_dir / _JOB_FILE
+    _write_json(job_file, job)
+    log_file = out_dir / "launch.log"
+    rc = launch_job(job_file, config.world_size, log_file)
+    result = _finished_run(out_dir, fp)
+    if rc != 0 or result is None:
+        tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-40:])
+        raise ModelError(f"training on {config.world_size} processes failed (exit status {rc}"
+                         f"{'' if rc else ', no finished run with this fingerprint'}); the end of {log_file}:\n{tail}")
+    result.cached = False
+    return result
+
+
+def run_job(job_file: str | Path) -> TrainResult:
+    """``train_lora`` on the run a job file describes (``python -m nesylib train-job``, one per process)."""
+    job = json.loads(Path(job_file).read_text())
+    config = TrainConfig(**job["config"])
+    if "stages" in job:
+        examples = [Stage([Example(**e) for e in st["examples"]], st["steps"], st["name"]) for st in job["stages"]]
+    else:
+        examples = [Example(**e) for e in job["examples"]]
+    return train_lora(job["model"], examples, config, job["out_dir"], resume=job.get("resume", True),
+                      init_adapter=job.get("init_adapter"), keep_checkpoints=job.get("keep_checkpoints", False))
 
 
 # ------------------------------------------------------------------------------------ after training

@@ -7,13 +7,14 @@ write_notebook("notebooks/00_data.ipynb", [
 Loads every benchmark of the papers from the pinned files (the data directory, `$NESYLIB_DATA_DIR`,
 or a checksum-verified download), converts them into one record schema, and shows counts per
 dataset, split and task. BBH gets the project's seeded per-task 80/20 split (method.md D1), read
-from the versioned manifest `nesylib/splits/bbh_split_v1.json`.""",
+from the versioned manifest `nesylib/splits/bbh_split_v1.json`. A dataset of your own, defined in the
+preset's `datasets:` section (README, "Your own dataset"), is listed in `datasets` by its name.""",
     """# parameters
 preset = "adhoc"
 run_root = None
 data_dir = None          # None: $NESYLIB_DATA_DIR, else download the pinned files into the cache
 seed = 42
-datasets = ["bbh", "gsm8k", "agieval", "arc-e", "arc-c", "gsm8k_plus"]""",
+datasets = ["bbh", "gsm8k", "agieval", "arc-e", "arc-c", "gsm8k_plus"]  # and any configured dataset's name""",
     """import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
@@ -22,12 +23,12 @@ from nesylib import data, runs
 
 ctx = runs.start("00_data", dict(preset=preset, run_root=run_root, data_dir=data_dir, seed=seed, datasets=datasets),
                  schema={"datasets": list, "seed": int})
-unknown = sorted(set(datasets) - set(data.DATASETS))
+unknown = sorted(set(datasets) - set(data.known_datasets()))
 if unknown:
-    raise ValueError(f"parameter 'datasets' has unknown names {unknown}; allowed: {data.DATASETS}")""",
+    raise ValueError(f"parameter 'datasets' has unknown names {unknown}; allowed: {data.known_datasets()}")""",
     """records = []
 for name in datasets:
-    for split in (["train", "test"] if name in ("bbh", "gsm8k") else ["test"]):
+    for split in data.dataset_splits(name):
         records += data.load_dataset_records(name, split, data_dir=data_dir)
 df = pd.DataFrame([{k: r[k] for k in ("dataset", "task", "split")} for r in records])
 by_set = df.groupby(["dataset", "split"]).size().unstack(fill_value=0)
@@ -35,17 +36,21 @@ by_set""",
     """#md
 ## BBH: items per task and split""",
     """bbh = df[df.dataset == "bbh"].groupby(["task", "split"]).size().unstack(fill_value=0)
-sizes = {t: len(data._bbh_examples(t, data_dir)) for t in data.BBH_TASKS}
-assert data.compute_bbh_split(sizes) == {t: sorted(v) for t, v in data.bbh_split().items()}, \\
-    "the BBH split manifest no longer matches its rule"
+if "bbh" in datasets:
+    sizes = {t: len(data._bbh_examples(t, data_dir)) for t in data.BBH_TASKS}
+    assert data.compute_bbh_split(sizes) == {t: sorted(v) for t, v in data.bbh_split().items()}, \\
+        "the BBH split manifest no longer matches its rule"
 bbh""",
-    """fig, ax = plt.subplots(figsize=(9, 6))
-plot_df = bbh.reset_index().melt(id_vars="task", var_name="split", value_name="items")
-sns.barplot(data=plot_df, y="task", x="items", hue="split", ax=ax)
-ax.set_title("BBH items per task (seeded 80/20 split, D1)")
-fig.tight_layout()
-fig.savefig(ctx.path("bbh_split.png"), dpi=120)
-plt.show()""",
+    """if len(bbh):
+    fig, ax = plt.subplots(figsize=(9, 6))
+    plot_df = bbh.reset_index().melt(id_vars="task", var_name="split", value_name="items")
+    sns.barplot(data=plot_df, y="task", x="items", hue="split", ax=ax)
+    ax.set_title("BBH items per task (seeded 80/20 split, D1)")
+    fig.tight_layout()
+    fig.savefig(ctx.path("bbh_split.png"), dpi=120)
+    plt.show()
+else:
+    print("BBH is not among the selected datasets")""",
     """#md
 ## A record of each dataset""",
     """seen = set()

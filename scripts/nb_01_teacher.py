@@ -17,7 +17,10 @@ only rationales whose answer matches the gold answer are kept (CasCoD's "right a
   An unreachable endpoint stops the notebook within a few calls; calls still failed after their
   retries (or items with no reply at all) stop it after the accepted rationales are saved, and a re-run
   asks exactly those calls again.
-* `teacher_backend="local"`: a local transformers chat model.""",
+* `teacher_backend="local"`: a local transformers chat model.
+
+`train_datasets` lists the sets taught; a dataset of your own (README, "Your own dataset") needs a live
+teacher (`openai` or `local`): the replay teacher has recorded rationales for BBH and GSM8K only.""",
     """# parameters
 preset = "adhoc"
 run_root = None
@@ -26,6 +29,7 @@ seed = 42
 bbh_tasks = None            # None: all 27 tasks
 train_per_task = None       # None: every BBH train item
 gsm8k_train = None          # None: all 7473 items; 0 excludes GSM8K
+train_datasets = ["bbh", "gsm8k"]  # sets taught: bbh and gsm8k as above, any other at most train_per_task per task
 teacher_backend = "replay"  # replay | openai | local
 teacher_model = "auto"      # replay: auto | codex | gsm8k; openai/local: the model name
 teacher_base_url = None
@@ -46,14 +50,15 @@ from nesylib.teacher import SampleSchedule, generate_rationales, replay_rational
 from nesylib.teacher.cot import check_complete
 
 params = dict(preset=preset, run_root=run_root, data_dir=data_dir, seed=seed, bbh_tasks=bbh_tasks,
-              train_per_task=train_per_task, gsm8k_train=gsm8k_train, teacher_backend=teacher_backend,
+              train_per_task=train_per_task, gsm8k_train=gsm8k_train, train_datasets=train_datasets,
+              teacher_backend=teacher_backend,
               teacher_model=teacher_model, teacher_base_url=teacher_base_url, api_key_env=api_key_env,
               max_rounds=max_rounds, concurrency=concurrency, max_retries=max_retries, budget_usd=budget_usd,
               price_in_out=price_in_out, store_path=store_path)
 ctx = runs.start("01_teacher_distillation", params,
                  schema={"teacher_backend": ["replay", "openai", "local"], "max_rounds": int, "concurrency": int,
-                         "max_retries": int, "seed": int})
-train = experiment.select_train(bbh_tasks, train_per_task, gsm8k_train, seed, data_dir)
+                         "max_retries": int, "seed": int, "train_datasets": list})
+train = experiment.select_train(bbh_tasks, train_per_task, gsm8k_train, seed, data_dir, train_datasets)
 print(f"{len(train)} training questions")""",
     """if teacher_backend == "replay":
     rset = replay_rationales(train, teacher_model, data_dir=data_dir)

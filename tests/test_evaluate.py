@@ -55,7 +55,7 @@ class FakeEngine:
 
 def _fake(monkeypatch, *texts):
     eng = FakeEngine(list(texts))
-    monkeypatch.setattr("nesylib.generate.get_engine", lambda name: eng)
+    monkeypatch.setattr("nesylib.engines.get_engine", lambda name: eng)
     return eng
 
 

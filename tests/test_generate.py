@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from nesylib.errors import ConfigError
+from nesylib.engines import get_engine
 from nesylib.generate import (AUTHORS_STOP_STRINGS, DEFAULT_STOP_STRINGS, PREFILL_SLACK, RepetitionRule, Sampling,
-                              _sdpa_gqa_forward, apply_stop_rules, eos_token_ids, generate_batch, get_engine)
+                              _sdpa_gqa_forward, apply_stop_rules, eos_token_ids, generate_batch)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -9,6 +9,9 @@ Examples::
         --budget-usd 5 --price 0.15,0.60 --datasets bbh --limit 20 --out runs/rationales.jsonl
     # a local transformers model
     python -m nesylib teach --backend local --model smollm2-135m --datasets bbh --limit 2 --out r.jsonl
+    # a dataset of your own: its entry file (README, "Your own dataset"), with a live teacher
+    python -m nesylib teach --backend openai --model gpt-4o-mini --datasets examples/my_qa/my_qa.yaml \\
+        --store runs/teacher_store.jsonl --out runs/my_qa_rationales.jsonl
 
 Writes ``--out`` (JSONL records with ``rationale`` and ``provenance``), ``<out>.stats.json``
 (per-task acceptance) and, for live backends, ``<out>.summary.json`` (calls, cache hits,
@@ -59,7 +62,10 @@ def add_teach_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--concurrency", type=int, default=8, help="parallel API calls (default 8; local runs 1)")
     g.add_argument("--batch-size", type=int, default=8, help="local: generation batch size (default 8)")
     d = p.add_argument_group("data")
-    d.add_argument("--datasets", default="bbh,gsm8k", help="comma-separated: bbh, gsm8k (default bbh,gsm8k)")
+    d.add_argument("--datasets", default="bbh,gsm8k",
+                   help="comma-separated dataset names or dataset entry files (YAML, see nesylib/custom_data.py), "
+                        "e.g. bbh,examples/my_qa/my_qa.yaml (default bbh,gsm8k); the replay backend has recorded "
+                        "rationales for bbh and gsm8k only, a live backend (openai, local) teaches any dataset")
     d.add_argument("--split", default="train", choices=("train", "test"), help="split to teach (default train)")
     d.add_argument("--limit", type=int, help="at most N items per task (seeded subsample; default all)")
     d.add_argument("--seed", type=int, default=42, help="subsample and sampling seed (default 42)")
@@ -103,13 +109,36 @@ def _price_table(args) -> dict | None:
     return table or None
 
 
+def dataset_names(refs: str, backend: str) -> list[str]:
+    """``--datasets``: names, or entry files (a YAML path: its dataset is defined for this run) -> names.
+
+    Every name must be loadable; the replay backend takes bbh and gsm8k only (its recorded rationales)."""
+    from nesylib import custom_data
+    from nesylib.data import known_datasets
+
+    names = []
+    for ref in (r.strip() for r in refs.split(",")):
+        if ref:
+            is_file = ref.lower().endswith((".yaml", ".yml")) or Path(ref).suffix.lower() in custom_data.FORMATS
+            names.append(custom_data.register_file(ref) if is_file else ref)
+    if not names:
+        raise ConfigError(f"--datasets: no dataset named in {refs!r}")
+    unknown = [n for n in names if n not in known_datasets()]
+    if unknown:
+        raise ConfigError(f"--datasets: unknown dataset(s) {unknown}; known: {known_datasets()}, or give a dataset "
+                          f"entry file (YAML)")
+    if backend == "replay":
+        other = [n for n in names if n not in ("bbh", "gsm8k")]
+        if other:
+            raise ConfigError(f"--datasets: the replay teacher has recorded rationales for bbh and gsm8k only, got "
+                              f"{other}; teach them with a live teacher (--backend openai or local)")
+    return names
+
+
 def _records(args) -> list[dict]:
     from nesylib.data import load_dataset_records, subsample
 
-    names = [n.strip() for n in args.datasets.split(",") if n.strip()]
-    bad = [n for n in names if n not in ("bbh", "gsm8k")]
-    if bad or not names:
-        raise ConfigError(f"--datasets: teacher rationales exist for bbh and gsm8k only, got {args.datasets!r}")
+    names = dataset_names(args.datasets, args.backend)
     records = []
     for name in names:
         records += subsample(load_dataset_records(name, args.split, data_dir=args.data_dir), args.limit, args.seed)

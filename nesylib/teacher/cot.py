@@ -2,7 +2,8 @@
 
 Prompts: BBH uses CasCoD's edited 3-shot files (``cascod-prompts/cot-prompts/<task>.txt``), whose
 last lines are the slot ``Q: {QUESTION}\\nA: Let's think step by step.``; GSM8K and any other
-set get a zero-shot prompt with a project-written instruction that asks for the marker. As in
+set get a zero-shot prompt with a project-written instruction that asks for the marker (a configured
+dataset's adds how its answer is written and its own few-shot demonstrations). As in
 CasCoD, no system message is sent by default.
 
 Sampling follows CasCoD's schedule: round 1 draws n=2 samples at T=0.2; each further round adds
@@ -40,8 +41,27 @@ GSM8K_INSTRUCTION = (
     "final number alone, without units.")
 
 
+def custom_cot_prompt(record: dict, entry: dict) -> str:
+    """The teacher prompt for a record of a configured dataset (nesylib.custom_data): its task
+    description, the zero-shot instruction, how its answer type is written, then its ``few_shot``
+    demonstrations (if any) in the layout of CasCoD's files, then the question."""
+    from nesylib.custom_data import ANSWER_TYPES
+
+    instruction = (f"{record.get('task_description', '').strip()} {ZERO_SHOT_INSTRUCTION} "
+                   f"Write X as {ANSWER_TYPES[entry['answer_type']]}.").strip()
+    shots = "".join(f"Q: {s['question']}\n{STEP_CUE} {s['rationale']} {ANSWER_MARKER} {s['answer']}.\n\n"
+                    for s in entry["few_shot"])
+    return f"{instruction}\n\n{shots}Q: {record['question']}\n{STEP_CUE}"
+
+
 def cot_prompt(record: dict, data_dir=None) -> str:
-    """The teacher prompt for one record (BBH: CasCoD few-shot; otherwise zero-shot)."""
+    """The teacher prompt for one record (BBH: CasCoD few-shot; a configured dataset: ``custom_cot_prompt``;
+    otherwise zero-shot)."""
+    from nesylib.custom_data import lookup
+
+    entry = lookup(record.get("dataset", ""))
+    if entry is not None:
+        return custom_cot_prompt(record, entry)
     if record.get("dataset") == "bbh":
         from nesylib.sources import fetch
 

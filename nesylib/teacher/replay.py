@@ -68,7 +68,7 @@ class ReplayTeacher:
         bad = sorted({r.get("dataset") for r in records} - allowed)
         if bad:
             raise ConfigError(f"replay source {self.source!r} has recorded rationales for {sorted(allowed)} only; "
-                              f"records include {bad}")
+                              f"records include {bad}; a live teacher (backend openai or local) teaches any dataset")
 
     def rationale(self, record: dict) -> str:
         """The replayed text for ``record`` (rewritten; raw when it has no answer phrase)."""
