@@ -59,6 +59,7 @@ from pathlib import Path
 import yaml
 
 from nesylib.errors import ConfigError, DataError
+from nesylib.jsonl import iter_jsonl
 
 ENV = "NESYLIB_DATASETS"
 ANSWER_TYPES = {  # answer type -> how the answer must be written (teacher prompt, default description)
@@ -344,16 +345,8 @@ def _rows(entry: dict):
     if not path.is_file():
         raise DataError(f"dataset {entry['name']!r}: data file {path} does not exist")
     if entry["format"] == "jsonl":
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{n}: malformed JSON record ({e.msg})") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+        for n, row in iter_jsonl(path):
+            if row is not None:
                 yield f"{path}:{n}", row
     elif entry["format"] == "csv":
         with open(path, encoding="utf-8", newline="") as f:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from nesylib import custom_data
 from nesylib.errors import ConfigError, DataError
+from nesylib.jsonl import read_jsonl  # noqa: F401 (read here by many modules)
 from nesylib.sources import fetch
 
 BBH_TASKS = [
@@ -70,28 +71,6 @@ def _read_json(path: Path):
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from e
-
-
-def read_jsonl(path: Path, keep_blank: bool = False) -> list:
-    """Read a JSONL file; a bad line raises an error naming file and line.
-
-    ``keep_blank``: blank lines become None, so a row's position gives its line number.
-    """
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                if keep_blank:
-                    rows.append(None)
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: malformed JSON record ({e.msg})") from e
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-    return rows
 
 
 def _require(row: dict, keys: tuple[str, ...], where: str) -> None:

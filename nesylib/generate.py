@@ -521,6 +521,17 @@ class _Decoder:
         return self.states
 
 
+def prepare_requests(tokenizer, prompts, max_new_tokens, stop_on_repetition, sampling, add_bos: bool):
+    """What every engine checks and builds first: (repetition rule or None, token ids per prompt,
+    cap per prompt)."""
+    if sampling is not None and not isinstance(sampling, Sampling):
+        raise ConfigError(f"sampling must be None (greedy) or a Sampling, got {type(sampling).__name__}")
+    rep = stop_on_repetition if isinstance(stop_on_repetition, RepetitionRule) else (
+        RepetitionRule() if stop_on_repetition else None)
+    encoded = encode_prompts(tokenizer, prompts, add_bos)
+    return rep, encoded, per_prompt_caps(max_new_tokens, len(encoded))
+
+
 def generate_batch(model, tokenizer, prompts: Sequence[str],
                    max_new_tokens: int | Sequence[int] = DEFAULT_MAX_NEW_TOKENS, batch_size: int = 16,
                    stop_strings: Sequence[str] = DEFAULT_STOP_STRINGS,
@@ -542,12 +553,7 @@ def generate_batch(model, tokenizer, prompts: Sequence[str],
 
     if int(batch_size) < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    if sampling is not None and not isinstance(sampling, Sampling):
-        raise ConfigError(f"sampling must be None (greedy) or a Sampling, got {type(sampling).__name__}")
-    rep = stop_on_repetition if isinstance(stop_on_repetition, RepetitionRule) else (
-        RepetitionRule() if stop_on_repetition else None)
-    encoded = encode_prompts(tokenizer, prompts, add_bos)
-    caps = per_prompt_caps(max_new_tokens, len(encoded))
+    rep, encoded, caps = prepare_requests(tokenizer, prompts, max_new_tokens, stop_on_repetition, sampling, add_bos)
     rule = StopRule(tokenizer, eos_token_ids(model, tokenizer), stop_strings, max(caps, default=1), rep)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(rule.eos_ids, default=0)
     order = list(range(len(encoded)))

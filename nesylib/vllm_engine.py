@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nesylib.errors import ConfigError, ModelError
-from nesylib.generate import (DEFAULT_MAX_NEW_TOKENS, DEFAULT_STOP_STRINGS, GenOutput, RepetitionRule, Sampling,
-                              StopRule, apply_stop_rules, encode_prompts, eos_token_ids, per_prompt_caps)
+from nesylib.generate import (DEFAULT_MAX_NEW_TOKENS, DEFAULT_STOP_STRINGS, GenOutput, Sampling,
+                              StopRule, apply_stop_rules, eos_token_ids, prepare_requests)
 
 # vLLM's own settings that the engine passes to ``vllm.LLM`` unless told otherwise. LoRA is on from the
 # start, so the base model and every adapter share one engine (an adapter never rebuilds it).
@@ -289,12 +289,8 @@ class VLLMEngine:
     def __call__(self, model, tokenizer, prompts, max_new_tokens=DEFAULT_MAX_NEW_TOKENS, batch_size=16,
                  stop_strings=DEFAULT_STOP_STRINGS, stop_on_repetition=True, sort_by_length=True, progress=True,
                  sampling: Sampling | None = None, seed: int = 42, add_bos: bool = False) -> list[GenOutput]:
-        if sampling is not None and not isinstance(sampling, Sampling):
-            raise ConfigError(f"sampling must be None (greedy) or a Sampling, got {type(sampling).__name__}")
-        rep = stop_on_repetition if isinstance(stop_on_repetition, RepetitionRule) else (
-            RepetitionRule() if stop_on_repetition else None)
-        encoded = encode_prompts(tokenizer, prompts, add_bos)
-        caps = per_prompt_caps(max_new_tokens, len(encoded))
+        rep, encoded, caps = prepare_requests(tokenizer, prompts, max_new_tokens, stop_on_repetition, sampling,
+                                              add_bos)
         StopRule(tokenizer, [], stop_strings, max(caps, default=1), rep)  # the same argument checks as "hf"
         if not encoded:
             return []
