@@ -580,7 +580,7 @@ class _progress:
     def __init__(self, total: int, enabled: bool):
         self.bar = None
         if enabled:
-            from tqdm.auto import tqdm
+            from nesylib.progress import tqdm
 
             self.bar = tqdm(total=total, desc="generate", unit="seq")
 

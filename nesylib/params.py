@@ -1,8 +1,10 @@
 """A notebook's parameters as declared in its ``parameters`` cell, and ``--set`` overrides of a preset.
 
-``nesylib params NOTEBOOK`` lists them (``describe_parameters``); ``nesylib run --set KEY=VALUE``
+Each is declared ``name: type = default  # help``; papermill's parser reads the name, the annotation
+(``int``, ``Optional[int]``, ``Union[str, dict]``: its pattern takes no ``int | None``), the default and the
+help. ``nesylib params NOTEBOOK`` lists them (``describe_parameters``); ``nesylib run --set KEY=VALUE``
 changes a preset's values, each checked against the notebook's declared parameters and its
-``runs.start`` schema before any notebook runs (``apply_overrides``).
+``runs.start`` schema (else the parameter's annotation) before any notebook runs (``apply_overrides``).
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import copy
 import importlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -22,6 +24,7 @@ from nesylib.runs import (NOTEBOOKS_DIR, REPO_ROOT, _declared_params, list_noteb
 
 NOT_LITERAL = object()  # a default that is an expression, not a literal: its type is unknown
 _SCHEMA_NAMES = {t.__name__: t for t in (int, float, str, bool, list, dict, tuple, type)}
+_NONE = type(None)
 _RUNNER_SET = ("preset", "run_root")  # the runner passes these itself
 
 
@@ -33,16 +36,24 @@ class Parameter:
     default: object             # its value, or NOT_LITERAL
     help: str                   # the line's trailing comment
     rule: object = None         # the schema's rule for it, when the notebook states one statically
+    annotation: str = ""        # its type annotation as written (``Optional[int]``), "" when it has none
+    annotated: tuple | None = field(init=False, repr=False)  # the types the annotation allows, if understood
+
+    def __post_init__(self):
+        self.annotated = annotation_types(self.annotation)
 
     def type_text(self) -> str:
         if self.rule is not None:
             return rule_text(self.rule)
+        if self.annotated is not None:
+            return rule_text(self.annotated)
         if self.default is None or self.default is NOT_LITERAL:
             return "any"
         return type(self.default).__name__
 
     def problem(self, value) -> str | None:
-        """Why ``value`` cannot be this parameter's value (its schema rule, else its default's type), or None."""
+        """Why ``value`` cannot be this parameter's value (its schema rule, else its annotation, else its
+        default's type), or None."""
         if self.rule is not None:
             rules = self.rule if isinstance(self.rule, tuple) else (self.rule,)
             try:
@@ -52,6 +63,8 @@ class Parameter:
             if isinstance(value, bool) and not isinstance(self.rule, list) and bool not in rules:
                 return f"expects {self.type_text()}, got {value!r}"  # validate() takes True for an int
             return None
+        if self.annotated is not None:
+            return None if allowed(value, self.annotated) else f"expects {self.type_text()}, got {value!r}"
         if not compatible(value, self.default):
             return f"expects {self.type_text()} (its default is {self.source}), got {value!r}"
         return None
@@ -62,6 +75,62 @@ def rule_text(rule) -> str:
         return f"one of {rule}"
     rules = rule if isinstance(rule, tuple) else (rule,)
     return " | ".join("None" if t is type(None) else t.__name__ for t in rules)
+
+
+def annotation_types(text: str | None) -> tuple | None:
+    """The types a parameter annotation allows: ``int`` -> (int,), ``Optional[int]`` -> (int, NoneType),
+    ``Union[int, dict, None]``, ``list[str]`` -> (list,); None for no annotation (papermill's ``"None"``)
+    or one that is not of these simple forms (then the default's type stands in)."""
+    if not text or text.strip() in ("None", "Unknown type"):
+        return None
+    try:
+        types = _annotation_types(ast.parse(text.strip().strip("'\""), mode="eval").body)
+    except SyntaxError:
+        return None
+    return tuple(dict.fromkeys(types)) if types else None
+
+
+def _annotation_types(node: ast.expr) -> list | None:
+    if isinstance(node, ast.Constant) and node.value is None:
+        return [_NONE]
+    if isinstance(node, ast.Name):
+        return [_SCHEMA_NAMES[node.id]] if node.id in _SCHEMA_NAMES else None
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):  # int | None (papermill cannot parse it)
+        left, right = _annotation_types(node.left), _annotation_types(node.right)
+        return left + right if left and right else None
+    if isinstance(node, ast.Subscript):
+        head = node.value.attr if isinstance(node.value, ast.Attribute) else getattr(node.value, "id", None)
+        args = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+        if head in ("list", "dict", "tuple", "List", "Dict", "Tuple"):  # list[str]: a list
+            return [_SCHEMA_NAMES[head.lower()]]
+        inner = [_annotation_types(a) for a in args]
+        if head not in ("Optional", "Union") or not all(inner) or (head == "Optional" and len(args) != 1):
+            return None
+        return [t for ts in inner for t in ts] + ([_NONE] if head == "Optional" else [])
+    return None
+
+
+def allowed(value, types: tuple) -> bool:
+    """Whether ``value`` is of one of ``types`` (an annotation's): an int is a float, a bool is only a bool."""
+    if isinstance(value, bool):
+        return bool in types
+    if isinstance(value, int) and float in types:
+        return True
+    return isinstance(value, types)
+
+
+def agrees_with_rule(types: tuple, rule) -> bool:
+    """Whether an annotation's ``types`` allow what a schema ``rule`` allows, no more and no less (a list
+    of allowed values by its values' types; a float also takes an int, as ``(int, float)`` rules say)."""
+    def widened(ts):
+        ts = set(ts)
+        return ts | {int} if float in ts else ts
+
+    if isinstance(rule, list):
+        rule_types = {type(v) for v in rule}
+    else:
+        rule_types = set(rule) if isinstance(rule, tuple) else {rule}
+    return widened(types) == widened(rule_types)
 
 
 def compatible(value, default) -> bool:
@@ -140,7 +209,8 @@ def notebook_parameters(nb: Path) -> dict[str, Parameter]:
             default = ast.literal_eval(p["default"])
         except (ValueError, SyntaxError):
             default = NOT_LITERAL
-        out[name] = Parameter(name, p["default"], default, p.get("help") or "", schema.get(name))
+        annotation = "" if p.get("inferred_type_name") in (None, "None") else p["inferred_type_name"]
+        out[name] = Parameter(name, p["default"], default, p.get("help") or "", schema.get(name), annotation)
     return out
 
 
@@ -235,8 +305,9 @@ def apply_overrides(preset: dict, sets: list[str], notebooks_dir: Path = NOTEBOO
     ``common.PARAM=V`` sets a common value (a parameter some notebook declares), ``NB.PARAM=V`` one
     notebook's; ``NB.PARAM.KEY=V`` sets a key inside a dict parameter (``train.lr``), starting from the
     value the preset gives that notebook. Each value is checked before anything runs: against the
-    notebook's schema rule where ``static_schema`` finds one, else against its default's type; ``train``
-    dicts against TrainConfig. Errors name the ``--set`` argument and what was expected.
+    notebook's schema rule where ``static_schema`` finds one, else its type annotation, else its
+    default's type; ``train`` dicts against TrainConfig. Errors name the ``--set`` argument and what was
+    expected.
     """
     preset = copy.deepcopy(preset)
     nbs = {p.stem: p for p in list_notebooks(notebooks_dir)}

@@ -37,6 +37,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -188,6 +189,7 @@ def set_seed(seed: int) -> None:
 STAGE_NAME_ENV, STAGE_DIR_ENV = "NESYLIB_STAGE_NAME", "NESYLIB_STAGE_DIR"
 STORES_DIR = "stores"
 FAILED_SUFFIX = ".failed"
+HEARTBEAT_S = 60.0  # how often `nesylib run` says which notebook is running, in seconds
 
 
 @dataclass
@@ -463,8 +465,11 @@ def lock_run_root(root: str | Path, only: list[str] | None = None):
 
 def run_preset(preset_name: str | dict, only: list[str] | None = None, force: bool = False,
                run_root: str | Path | None = None, notebooks_dir: Path = NOTEBOOKS_DIR,
-               kernel: str | None = None, log=print) -> list[dict]:
+               kernel: str | None = None, log=print, heartbeat_s: float | None = HEARTBEAT_S) -> list[dict]:
     """Execute the preset's notebooks in order through papermill; skip those whose inputs are unchanged.
+
+    While a notebook runs, ``log`` gets a line every ``heartbeat_s`` seconds (None: none) with its
+    elapsed time and, when an earlier run of it finished, that run's duration.
 
     ``preset_name``: a preset's name or file, or a preset already loaded (``params.apply_overrides``
     gives one with ``--set`` values, which are then ordinary parameter values: in params.json and
@@ -483,11 +488,11 @@ def run_preset(preset_name: str | dict, only: list[str] | None = None, force: bo
                 **custom_data.resolve(preset.get("datasets"), Path.cwd(), f"preset {preset['name']!r}")}
     with lock_run_root(root, only), custom_data.exported(datasets):
         return _run_notebooks(preset, root, only, force, notebooks_dir, kernel, log,
-                              custom_data.fingerprint(datasets) if datasets else None)
+                              custom_data.fingerprint(datasets) if datasets else None, heartbeat_s)
 
 
 def _run_notebooks(preset: dict, root: Path, only, force: bool, notebooks_dir: Path, kernel, log,
-                   datasets: dict | None = None) -> list[dict]:
+                   datasets: dict | None = None, heartbeat_s: float | None = None) -> list[dict]:
     nbs = list_notebooks(notebooks_dir)
     skip = set(preset.get("skip", []) or [])
     if only:
@@ -512,11 +517,52 @@ def _run_notebooks(preset: dict, root: Path, only, force: bool, notebooks_dir: P
             log(f"[{i}/{len(nbs)}] {stem}: unchanged, cached ({read_json(done).get('seconds', 0):.0f} s originally)")
             summary.append({"notebook": stem, "status": "cached"})
             continue
-        log(f"[{i}/{len(nbs)}] {stem}: running ...")
-        secs = run_notebook(nb, root, params, key, notebooks_dir, kernel, log=log)
+        last = _last_seconds(root / stem)
+        log(f"[{i}/{len(nbs)}] {stem}: running ..." + (f" (last time {_duration(last)})" if last else ""))
+        secs = run_notebook(nb, root, params, key, notebooks_dir, kernel, log=log, heartbeat_s=heartbeat_s)
         log(f"[{i}/{len(nbs)}] {stem}: done in {secs:.0f} s")
         summary.append({"notebook": stem, "status": "ran", "seconds": secs})
     return summary
+
+
+def _duration(secs: float) -> str:
+    """'45 s', '12 min', '2 h 05 min'."""
+    if round(secs) < 60:
+        return f"{round(secs)} s"
+    h, m = divmod(round(secs / 60), 60)
+    return f"{h} h {m:02d} min" if h else f"{m} min"
+
+
+def _last_seconds(final: Path) -> float | None:
+    """How long the run that left ``final`` (its done.json) took, or None when there is none."""
+    try:
+        secs = read_json(final / "done.json").get("seconds")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(secs) if isinstance(secs, (int, float)) and secs > 0 else None
+
+
+@contextmanager
+def _heartbeat(stem: str, log, every: float | None, last: float | None):
+    """While the body runs, ``log`` "STEM: running, 12 min (last time 41 min)" every ``every`` seconds,
+    from a daemon thread (papermill blocks this one until the notebook ends)."""
+    if not every or every <= 0:
+        yield
+        return
+    t0, stop = time.time(), threading.Event()
+    since = f" (last time {_duration(last)})" if last else ""
+
+    def beat():
+        while not stop.wait(every):
+            log(f"{stem}: running, {_duration(time.time() - t0)}{since}")
+
+    thread = threading.Thread(target=beat, name=f"nesylib-heartbeat-{stem}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 @contextmanager
@@ -536,7 +582,7 @@ def _stage_env(stem: str, stage: Path):
 
 
 def run_notebook(nb: Path, root: Path, params: dict, key: str, notebooks_dir: Path = NOTEBOOKS_DIR,
-                 kernel: str | None = None, log=print) -> float:
+                 kernel: str | None = None, log=print, heartbeat_s: float | None = None) -> float:
     """Execute one notebook into a staging folder and swap it in on success; returns its seconds.
 
     The notebook writes into a fresh staging folder ``tmp_path(<root>/<stem>)``, and papermill
@@ -545,8 +591,13 @@ def run_notebook(nb: Path, root: Path, params: dict, key: str, notebooks_dir: Pa
     (``replace_dir``). On any failure the staging folder, executed notebook included, becomes
     ``<root>/<stem>.failed/`` with an ``error.txt``; the previous complete folder and executed
     notebook stay as they were, and the error is raised again.
+
+    papermill runs it on ``nesylib.nbexec``'s engine (no kernel start-up and shutdown noise in the
+    log); ``heartbeat_s``: see ``run_preset``.
     """
     import papermill as pm
+
+    from nesylib import nbexec
 
     stem = nb.stem
     final, out_nb, failed = root / stem, root / f"{stem}.ipynb", root / f"{stem}{FAILED_SUFFIX}"
@@ -555,11 +606,12 @@ def run_notebook(nb: Path, root: Path, params: dict, key: str, notebooks_dir: Pa
     stage = tmp_path(final)
     stage.mkdir()
     nb_tmp = stage / out_nb.name
+    last = _last_seconds(final)
     t0 = time.time()
     try:
-        with _stage_env(stem, stage):
+        with _stage_env(stem, stage), _heartbeat(stem, log, heartbeat_s, last):
             pm.execute_notebook(str(nb), str(nb_tmp), parameters=params, kernel_name=kernel,
-                                progress_bar=False, cwd=str(notebooks_dir))
+                                progress_bar=False, cwd=str(notebooks_dir), engine_name=nbexec.ENGINE)
         secs = time.time() - t0
         write_json(stage / "done.json", {"key": key, "seconds": secs,
                                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})

@@ -10,11 +10,12 @@ dataset, split and task. BBH gets the project's seeded per-task 80/20 split (met
 from the versioned manifest `nesylib/splits/bbh_split_v1.json`. A dataset of your own, defined in the
 preset's `datasets:` section (README, "Your own dataset"), is listed in `datasets` by its name.""",
     """# parameters
-preset = "adhoc"
-run_root = None
-data_dir = None          # None: $NESYLIB_DATA_DIR, else download the pinned files into the cache
-seed = 42
-datasets = ["bbh", "gsm8k", "agieval", "arc-e", "arc-c", "gsm8k_plus"]  # and any configured dataset's name""",
+from typing import Optional
+preset: str = "adhoc"
+run_root: Optional[str] = None
+data_dir: Optional[str] = None  # None: $NESYLIB_DATA_DIR, else download the pinned files into the cache
+seed: int = 42
+datasets: list = ["bbh", "gsm8k", "agieval", "arc-e", "arc-c", "gsm8k_plus"]  # and any configured dataset's name""",
     """import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns

@@ -22,25 +22,26 @@ only rationales whose answer matches the gold answer are kept (CasCoD's "right a
 `train_datasets` lists the sets taught; a dataset of your own (README, "Your own dataset") needs a live
 teacher (`openai` or `local`): the replay teacher has recorded rationales for BBH and GSM8K only.""",
     """# parameters
-preset = "adhoc"
-run_root = None
-data_dir = None
-seed = 42
-bbh_tasks = None            # None: all 27 tasks
-train_per_task = None       # None: every BBH train item
-gsm8k_train = None          # None: all 7473 items; 0 excludes GSM8K
-train_datasets = ["bbh", "gsm8k"]  # sets taught: bbh and gsm8k as above, any other at most train_per_task per task
-teacher_backend = "replay"  # replay | openai | local
-teacher_model = "auto"      # replay: auto | codex | gsm8k; openai/local: the model name
-teacher_base_url = None
-api_key_env = "OPENAI_API_KEY"
+from typing import Optional
+preset: str = "adhoc"
+run_root: Optional[str] = None
+data_dir: Optional[str] = None
+seed: int = 42
+bbh_tasks: Optional[list] = None      # None: all 27 tasks
+train_per_task: Optional[int] = None  # None: every BBH train item
+gsm8k_train: Optional[int] = None     # None: all 7473 items; 0 excludes GSM8K
+train_datasets: list = ["bbh", "gsm8k"]  # sets taught: bbh and gsm8k as above, others at most train_per_task per task
+teacher_backend: str = "replay"       # replay | openai | local
+teacher_model: str = "auto"           # replay: auto | codex | gsm8k; openai/local: the model name
+teacher_base_url: Optional[str] = None
+api_key_env: str = "OPENAI_API_KEY"
 # CasCoD's sampling schedule: 2 samples at T 0.2, then one more sample and T + 0.1 per round
-max_rounds = 4
-concurrency = 8
-max_retries = 6             # extra attempts for any failed call (429/5xx, timeout, malformed or empty reply)
-budget_usd = None           # stop new paid calls beyond this spend
-price_in_out = None         # [USD per 1M input tokens, USD per 1M output tokens] for the cost summary
-store_path = None           # None: <run_root>/stores/01_teacher_distillation/teacher_store.jsonl""",
+max_rounds: int = 4
+concurrency: int = 8
+max_retries: int = 6                  # extra attempts for any failed call (429/5xx, timeout, malformed or empty reply)
+budget_usd: Optional[float] = None    # stop new paid calls beyond this spend
+price_in_out: Optional[list] = None   # [USD per 1M input tokens, USD per 1M output tokens] for the cost summary
+store_path: Optional[str] = None      # None: <run_root>/stores/01_teacher_distillation/teacher_store.jsonl""",
     """import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns

@@ -26,31 +26,32 @@ generalisation, and reported as a deviation. `"openai"` uses any OpenAI-compatib
 environment variable named by `api_key_env`, every call cached in `store_path`); `"local"` a transformers chat
 model.""",
     """# parameters
-preset = "adhoc"
-run_root = None
-data_dir = None
-seed = 42
-student = "smollm2-135m"
-bbh_tasks = None
-train_per_task = None
-gsm8k_train = None
-eval_per_task = {"bbh": None}
-train = {}                   # nesylib.train.TrainConfig fields for S_P (the Std-CoT recipe of the preset)
-eval_batch_size = 16
-max_new_tokens = None        # None: per-task caps (calibration.md); 1024 is the authors' protocol
-tutor_backend = "derived"    # derived | openai | local
-tutor_model = None           # openai/local: the model name
-tutor_base_url = None        # openai: e.g. http://localhost:8000/v1 for a vLLM server
-api_key_env = "OPENAI_API_KEY"
-store_path = None            # None: <run_root>/stores/02_kb_construction/tutor_store.jsonl
-concurrency = 8
-budget_usd = None            # stop new paid tutor calls beyond this spend (needs price_in_out)
-price_in_out = None          # [USD per 1M input tokens, USD per 1M output tokens] of tutor_model
-demo_items_per_task = None   # S_P answers at most this many training questions per task; None: all
-retriever = "bm25"           # bm25 | dense, for the retrieval example below
-gate = False                 # True: S_P's confidence margins on the demonstrations, to judge 03's gate
-gate_threshold = 68.0
-min_knowledge_share = 0.5    # stop when the tutor gives a usable analysis for fewer of S_P's errors""",
+from typing import Optional
+preset: str = "adhoc"
+run_root: Optional[str] = None
+data_dir: Optional[str] = None
+seed: int = 42
+student: str = "smollm2-135m"
+bbh_tasks: Optional[list] = None
+train_per_task: Optional[int] = None
+gsm8k_train: Optional[int] = None
+eval_per_task: dict = {"bbh": None}
+train: dict = {}                           # nesylib.train.TrainConfig fields for S_P (the Std-CoT recipe of the preset)
+eval_batch_size: int = 16
+max_new_tokens: Optional[int] = None       # None: per-task caps (calibration.md); 1024 is the authors' protocol
+tutor_backend: str = "derived"             # derived | openai | local
+tutor_model: Optional[str] = None          # openai/local: the model name
+tutor_base_url: Optional[str] = None       # openai: e.g. http://localhost:8000/v1 for a vLLM server
+api_key_env: str = "OPENAI_API_KEY"
+store_path: Optional[str] = None           # None: <run_root>/stores/02_kb_construction/tutor_store.jsonl
+concurrency: int = 8
+budget_usd: Optional[float] = None         # stop new paid tutor calls beyond this spend (needs price_in_out)
+price_in_out: Optional[list] = None        # [USD per 1M input tokens, USD per 1M output tokens] of tutor_model
+demo_items_per_task: Optional[int] = None  # S_P answers at most this many training questions per task; None: all
+retriever: str = "bm25"                    # bm25 | dense, for the retrieval example below
+gate: bool = False                         # True: S_P's confidence margins on the demonstrations, to judge 03's gate
+gate_threshold: float = 68.0
+min_knowledge_share: float = 0.5           # stop when the tutor gives a usable analysis for fewer of S_P's errors""",
     """import matplotlib.pyplot as plt
 import pandas as pd
 

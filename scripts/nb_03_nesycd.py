@@ -17,26 +17,27 @@ Steps 5–6 of NesyCD (method.md §3, D13–D14), on the KB that `02_kb_construc
 * **Reported.** The NesyCD row of the main table; beside it S_P (= Std-CoT) and S_E answering without
   knowledge (P-STD), which isolates what retrieval at test time adds.""",
     """# parameters
-preset = "adhoc"
-run_root = None
-data_dir = None
-seed = 42
-student = "smollm2-135m"
-bbh_tasks = None
-train_per_task = None
-gsm8k_train = None
-eval_per_task = {"bbh": None}
-train = {}                   # nesylib.train.TrainConfig fields (the recipe every student shares)
-eval_batch_size = 16
-max_new_tokens = None        # None: per-task caps (calibration.md); 1024 is the authors' protocol
-k_retrieve = 3
-k_insert = 1
-retriever = "bm25"           # bm25 | dense
-gate = False                 # the confidence gate of method.md §3 step 4, fixed as D13 says
-gate_threshold = 68.0
-own_summary = True           # False: training summaries by leave-one-out retrieval (D14 option)
-compare_sp = True            # evaluate S_P on the same slices (stored beside S_P, so 05 can reuse it)
-ablation_no_knowledge = True # evaluate S_E once more with P-STD prompts""",
+from typing import Optional
+preset: str = "adhoc"
+run_root: Optional[str] = None
+data_dir: Optional[str] = None
+seed: int = 42
+student: str = "smollm2-135m"
+bbh_tasks: Optional[list] = None
+train_per_task: Optional[int] = None
+gsm8k_train: Optional[int] = None
+eval_per_task: dict = {"bbh": None}
+train: dict = {}                      # nesylib.train.TrainConfig fields (the recipe every student shares)
+eval_batch_size: int = 16
+max_new_tokens: Optional[int] = None  # None: per-task caps (calibration.md); 1024 is the authors' protocol
+k_retrieve: int = 3
+k_insert: int = 1
+retriever: str = "bm25"               # bm25 | dense
+gate: bool = False                    # the confidence gate of method.md §3 step 4, fixed as D13 says
+gate_threshold: float = 68.0
+own_summary: bool = True              # False: training summaries by leave-one-out retrieval (D14 option)
+compare_sp: bool = True               # evaluate S_P on the same slices (stored beside S_P, so 05 can reuse it)
+ablation_no_knowledge: bool = True    # evaluate S_E once more with P-STD prompts""",
     """import json
 from pathlib import Path
 

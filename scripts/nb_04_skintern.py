@@ -25,35 +25,36 @@ item's own accepted teacher rationale — an offline stand-in, item-specific rat
 generalisation, and reported as a deviation. `"openai"` / `"local"` ask an LLM (the key is read from the
 environment variable named by `api_key_env`; every call is cached in `store_path`).""",
     """# parameters
-preset = "adhoc"
-run_root = None
-data_dir = None
-seed = 42
-student = "smollm2-135m"
-bbh_tasks = None
-train_per_task = None
-gsm8k_train = None
-eval_per_task = {"bbh": None}
-train = {}                     # nesylib.train.TrainConfig fields (the Std-CoT recipe of the preset)
-eval_batch_size = 16
-max_new_tokens = None          # None: per-task caps (calibration.md); 1024 is the authors' protocol
-knowledge_backend = "derived"  # derived | openai | local
-knowledge_model = None         # openai/local: the model name
-knowledge_base_url = None      # openai: e.g. http://localhost:8000/v1 for a vLLM server
-api_key_env = "OPENAI_API_KEY"
-store_path = None              # None: <run_root>/stores/04_skintern_curriculum/knowledge_store.jsonl
-concurrency = 8
-budget_usd = None              # stop new paid knowledge calls beyond this spend (needs price_in_out)
-price_in_out = None            # [USD per 1M input tokens, USD per 1M output tokens] of knowledge_model
-stages_T = 6                   # stages t in 0..T; T 6 with 6 demos gives the code's rule n_t 6-t (D15)
-schedule_kind = "linear"       # linear | exponential | step
-max_demos = 6                  # demonstrations at stage 0
-demo_mode = "random"           # random (seeded per item and stage, D16) | similar (MiniLM cosine)
-compressor = "auto"            # auto | self-info | truncate | llmlingua2
-compressor_model = None        # self-info scorer; None: the student
-epochs_budget = None           # None: the Std-CoT budget of train (its max_steps, else its epochs)
-stage_cutoff_len = None        # None: train's cutoff_len; smaller caps the stage prompts (a cost knob)
-min_knowledge_share = 0.5      # stop when the writer gives usable knowledge for fewer of the training items""",
+from typing import Optional
+preset: str = "adhoc"
+run_root: Optional[str] = None
+data_dir: Optional[str] = None
+seed: int = 42
+student: str = "smollm2-135m"
+bbh_tasks: Optional[list] = None
+train_per_task: Optional[int] = None
+gsm8k_train: Optional[int] = None
+eval_per_task: dict = {"bbh": None}
+train: dict = {}                          # nesylib.train.TrainConfig fields (the Std-CoT recipe of the preset)
+eval_batch_size: int = 16
+max_new_tokens: Optional[int] = None      # None: per-task caps (calibration.md); 1024 is the authors' protocol
+knowledge_backend: str = "derived"        # derived | openai | local
+knowledge_model: Optional[str] = None     # openai/local: the model name
+knowledge_base_url: Optional[str] = None  # openai: e.g. http://localhost:8000/v1 for a vLLM server
+api_key_env: str = "OPENAI_API_KEY"
+store_path: Optional[str] = None          # None: <run_root>/stores/04_skintern_curriculum/knowledge_store.jsonl
+concurrency: int = 8
+budget_usd: Optional[float] = None        # stop new paid knowledge calls beyond this spend (needs price_in_out)
+price_in_out: Optional[list] = None       # [USD per 1M input tokens, USD per 1M output tokens] of knowledge_model
+stages_T: int = 6                         # stages t in 0..T; T 6 with 6 demos gives the code's rule n_t 6-t (D15)
+schedule_kind: str = "linear"             # linear | exponential | step
+max_demos: int = 6                        # demonstrations at stage 0
+demo_mode: str = "random"                 # random (seeded per item and stage, D16) | similar (MiniLM cosine)
+compressor: str = "auto"                  # auto | self-info | truncate | llmlingua2
+compressor_model: Optional[str] = None    # self-info scorer; None: the student
+epochs_budget: Optional[float] = None     # None: the Std-CoT budget of train (its max_steps, else its epochs)
+stage_cutoff_len: Optional[int] = None    # None: train's cutoff_len; smaller caps the stage prompts (a cost knob)
+min_knowledge_share: float = 0.5          # stop when the writer gives usable knowledge for fewer of the training items""",
     """import dataclasses
 
 import matplotlib.pyplot as plt

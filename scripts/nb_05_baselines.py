@@ -19,20 +19,21 @@ evaluated with the same harness (method.md §5, §6):
 KARD's passages are BM25 top-3 over the SKIntern knowledge of the training items (D19; the item's own is
 excluded while training), so this notebook reads notebook 04's knowledge when `kard` is in `methods`.""",
     """# parameters
-preset = "adhoc"
-run_root = None
-data_dir = None
-seed = 42
-student = "smollm2-135m"
-bbh_tasks = None
-train_per_task = None
-gsm8k_train = None
-eval_per_task = {"bbh": None}
-methods = ["base", "ft", "std", "mt-cot", "mt-re", "kard", "cascod"]
-train = {}                 # nesylib.train.TrainConfig fields, e.g. epochs, lr, per_device_batch
-eval_batch_size = 16
-max_new_tokens = None      # None: per-task caps (calibration.md); 1024 is the authors' protocol
-kard_k = 3""",
+from typing import Optional
+preset: str = "adhoc"
+run_root: Optional[str] = None
+data_dir: Optional[str] = None
+seed: int = 42
+student: str = "smollm2-135m"
+bbh_tasks: Optional[list] = None
+train_per_task: Optional[int] = None
+gsm8k_train: Optional[int] = None
+eval_per_task: dict = {"bbh": None}
+methods: list = ["base", "ft", "std", "mt-cot", "mt-re", "kard", "cascod"]
+train: dict = {}                      # nesylib.train.TrainConfig fields, e.g. epochs, lr, per_device_batch
+eval_batch_size: int = 16
+max_new_tokens: Optional[int] = None  # None: per-task caps (calibration.md); 1024 is the authors' protocol
+kard_k: int = 3""",
     """import json
 
 import matplotlib.pyplot as plt

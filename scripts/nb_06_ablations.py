@@ -19,15 +19,16 @@ knowledge base, so every variant differs from 08's run in the swept factor only;
 configuration reuses 08's cached adapter and, where its prompts match too, 08's stored answers. Every sweep is
 a list parameter; an empty list skips it.""",
     """# parameters
-preset = "adhoc"
-run_root = None
-seed = 42
-student = "smollm2-135m"
-eval_batch_size = 16
-k_values = [0, 1, 2, 3]                    # NesyCD: KB entries inserted per question; 0 is P-STD
-train_fractions = [0.25, 0.5, 1.0]         # Std-CoT: share of the training questions per task
-schedules = [["linear", 6], ["exponential", 6], ["step", 6], ["linear", 3]]   # SKIntern: [kind, T]
-content_variants = ["knowledge_only", "examples_only"]                        # SKIntern at 08's schedule""",
+from typing import Optional
+preset: str = "adhoc"
+run_root: Optional[str] = None
+seed: int = 42
+student: str = "smollm2-135m"
+eval_batch_size: int = 16
+k_values: list = [0, 1, 2, 3]             # NesyCD: KB entries inserted per question; 0 is P-STD
+train_fractions: list = [0.25, 0.5, 1.0]  # Std-CoT: share of the training questions per task
+schedules: list = [["linear", 6], ["exponential", 6], ["step", 6], ["linear", 3]]  # SKIntern: [kind, T]
+content_variants: list = ["knowledge_only", "examples_only"]  # SKIntern at 08's schedule""",
     """import json
 import time
 

@@ -21,11 +21,12 @@ listed, never filled in.
 `results_dir = None` reads the run folder this notebook belongs to (run last by `python -m nesylib run`);
 a path such as `"../results/cpu"` redraws the committed results without rerunning anything.""",
     """# parameters
-preset = "adhoc"
-run_root = None
-results_dir = None         # None: this preset's run folder; or a folder such as ../results/cpu
-seed = 42
-student = "smollm2-135m"   # recorded only: the students come from the results""",
+from typing import Optional
+preset: str = "adhoc"
+run_root: Optional[str] = None
+results_dir: Optional[str] = None  # None: this preset's run folder; or a folder such as ../results/cpu
+seed: int = 42
+student: str = "smollm2-135m"      # recorded only: the students come from the results""",
     """from pathlib import Path
 
 import pandas as pd

@@ -24,30 +24,31 @@ facts, and per-question knowledge, each only for training questions. The benchma
 `SynthConfig` defaults, fixed and documented before any result (nesylib/synth/world.py); `synth_config`
 selects them (`"default"`), the tiny test world (`"smoke"`), or overrides.""",
     """# parameters
-preset = "adhoc"
-run_root = None
-seed = 42
-student = "smollm2-135m"
-train = {}                   # nesylib.train.TrainConfig fields, shared by every notebook of a preset
-train_overrides = {}         # fields replaced for this notebook only (e.g. a shorter budget)
-eval_batch_size = 16
-max_new_tokens = None        # None: per-task caps from the teacher rationales (1.3 x longest)
-synth_config = "default"     # default | smoke | a dict of SynthConfig overrides
-eval_per_task_synth = None   # items per (split, task), a seeded subset: n, {"test": n, "ood": m}, or None (all 192 + 160)
-methods = ["std", "oracle", "kard", "nesycd", "skintern", "ft"]
-stages_T = 6                 # SKIntern stages t in 0..T (D15)
-max_demos = 6                # SKIntern demos at stage 0 (n_t decays linearly)
-compressor = "self-info"     # self-info | truncate | llmlingua2 | auto
-k_retrieve = 3               # NesyCD: KB hits retrieved per question
-k_insert = 1                 # NesyCD: hits inserted into the prompt
-kb_index_text = "question"   # NesyCD: entries are found by question (D13) | knowledge | both
-se_train_knowledge = "own"   # NesyCD S_E training knowledge: own analysis (D14) | retrieved (as at test time)
-se_keep_own = 0.0            # with "retrieved": share of error items whose own entry may be retrieved
-se_step_budget = "own"       # NesyCD S_E steps: "own" (an epoch of its 3-format set) | "std" (Std-CoT's steps)
-kard_k = 3                   # KARD: passages per question
-kard_keep_own = 0.0          # KARD: share of training items whose own passage may be retrieved (D19: 0)
-demo_items_per_task = None   # NesyCD: S_P answers at most this many training questions per task; None: all
-min_knowledge_share = 0.5    # stop when the teacher gives usable knowledge (or KB analyses) for fewer items""",
+from typing import Optional, Union
+preset: str = "adhoc"
+run_root: Optional[str] = None
+seed: int = 42
+student: str = "smollm2-135m"
+train: dict = {}                      # nesylib.train.TrainConfig fields, shared by every notebook of a preset
+train_overrides: dict = {}            # fields replaced for this notebook only (e.g. a shorter budget)
+eval_batch_size: int = 16
+max_new_tokens: Optional[int] = None  # None: per-task caps from the teacher rationales (1.3 x longest)
+synth_config: Union[str, dict] = "default"  # default | smoke | a dict of SynthConfig overrides
+eval_per_task_synth: Union[int, dict, None] = None  # items per (split, task), a seeded subset: n, {"test": n, "ood": m}, or None (all 192 + 160)
+methods: list = ["std", "oracle", "kard", "nesycd", "skintern", "ft"]
+stages_T: int = 6                     # SKIntern stages t in 0..T (D15)
+max_demos: int = 6                    # SKIntern demos at stage 0 (n_t decays linearly)
+compressor: str = "self-info"         # self-info | truncate | llmlingua2 | auto
+k_retrieve: int = 3                   # NesyCD: KB hits retrieved per question
+k_insert: int = 1                     # NesyCD: hits inserted into the prompt
+kb_index_text: str = "question"       # NesyCD: entries are found by question (D13) | knowledge | both
+se_train_knowledge: str = "own"       # NesyCD S_E training knowledge: own analysis (D14) | retrieved (as at test time)
+se_keep_own: float = 0.0              # with "retrieved": share of error items whose own entry may be retrieved
+se_step_budget: str = "own"           # NesyCD S_E steps: "own" (an epoch of its 3-format set) | "std" (Std-CoT's steps)
+kard_k: int = 3                       # KARD: passages per question
+kard_keep_own: float = 0.0            # KARD: share of training items whose own passage may be retrieved (D19: 0)
+demo_items_per_task: Optional[int] = None  # NesyCD: S_P answers at most this many train questions per task; None: all
+min_knowledge_share: float = 0.5      # stop when the teacher gives usable knowledge (or KB analyses) for fewer items""",
     """import json
 import time
 

@@ -38,16 +38,22 @@ def write_notebook(path: str | Path, cells: list[str]) -> None:
 
 
 def _check_parameters(path: Path, cells: list[str]) -> None:
-    """papermill silently ignores parameter lines it cannot parse (e.g. '=' in a comment): refuse them."""
+    """papermill silently ignores parameter lines it cannot parse (e.g. '=' in a comment, or an annotation
+    such as ``int | None`` that its pattern does not take): refuse them, and refuse a parameter without a
+    type annotation (``name: type = default  # help``; ``--help-notebook`` and ``nesylib params`` show it)."""
     import papermill as pm
 
     src = next((c for c in cells if c.strip("\n").startswith("# parameters")), None)
     if src is None:
         raise SystemExit(f"{path}: no parameters cell")
-    names = {line.split("=")[0].strip() for line in src.splitlines() if "=" in line and not line.startswith("#")}
-    parsed = set(pm.inspect_notebook(str(path)))
-    if names != parsed:
-        raise SystemExit(f"{path}: papermill cannot parse parameter(s) {sorted(names - parsed)}")
+    names = {line.split("=")[0].split(":")[0].strip() for line in src.splitlines()
+             if "=" in line and not line.startswith("#")}
+    parsed = pm.inspect_notebook(str(path))
+    if names != set(parsed):
+        raise SystemExit(f"{path}: papermill cannot parse parameter(s) {sorted(names - set(parsed))}")
+    untyped = [name for name, p in parsed.items() if p["inferred_type_name"] == "None"]
+    if untyped:
+        raise SystemExit(f"{path}: parameter(s) {untyped} have no type annotation (write `name: type = default`)")
 
 
 if __name__ == "__main__":
