@@ -32,6 +32,7 @@ def _sha(path: Path) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run-root", default=str(REPO / "results" / "runs" / "cpu"))
+    ap.add_argument("--nb-dir", default=None, help="08's folder (default: <run-root>/08_synthetic_benchmark)")
     ap.add_argument("--method", default="std", choices=["std", "ft"])
     ap.add_argument("--json", default=None, help="also write the comparison here")
     ap.add_argument("--no-retrain", action="store_true", help="only evaluate the run's own adapter again")
@@ -45,7 +46,8 @@ def main(argv=None) -> int:
     from nesylib.synth import experiment as sx
 
     run_root = Path(args.run_root)
-    p = json.loads((run_root / "08_synthetic_benchmark" / "params.json").read_text())
+    nb_dir = Path(args.nb_dir) if args.nb_dir else run_root / "08_synthetic_benchmark"
+    p = json.loads((nb_dir / "params.json").read_text())
     cfg = students.train_config({**p["train"], **p["train_overrides"]})
     config = sx.resolve_config(p["synth_config"])
     world = synth.generate_world(config)
@@ -70,7 +72,7 @@ def main(argv=None) -> int:
     from nesylib.data import read_jsonl
 
     t0 = time.time()
-    logged = run_root / "08_synthetic_benchmark" / "eval" / args.method / "samples.jsonl"
+    logged = nb_dir / "eval" / args.method / "samples.jsonl"
     run_rows = by_uid(read_jsonl(logged))  # what the run itself generated
     with tempfile.TemporaryDirectory(prefix="nesylib-determinism-") as tmp:
         tmp = Path(tmp)
