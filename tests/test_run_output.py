@@ -3,6 +3,7 @@
 a notebook's real error is still reported, notebooks get the text progress bar without an "IProgress not
 found" warning, and `make lab` installs JupyterLab and starts it on the notebooks with their kernel."""
 import json
+import os
 import re
 import subprocess
 import sys
@@ -112,8 +113,15 @@ def test_duration_reads_like_a_clock():
 
 
 # -------------------------------------------------------------------------------------- make lab
+def _outer_make_free_env() -> dict:
+    # Under `make test` the outer make exports MAKELEVEL/MAKEFLAGS, and the inner make then prints
+    # "make[1]: Entering/Leaving directory" lines around its dry run; a clean environment reads as a user's shell.
+    return {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES")}
+
+
 def _make_n(*args) -> list[str]:
-    out = subprocess.run(["make", "-n", "USE_CONDA=", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(["make", "-n", "USE_CONDA=", *args], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env=_outer_make_free_env())
     assert out.returncode == 0, out.stderr
     return out.stdout.splitlines()
 
@@ -157,5 +165,5 @@ def test_use_conda_runs_every_step_in_the_active_conda_env(tmp_path):
     assert f"{env}/bin/pip install -q -r requirements/cpu.txt -r requirements/dev.txt" in lines
     assert lines[-1].startswith(f"{env}/bin/jupyter lab --notebook-dir=notebooks")
     refused = subprocess.run(["make", "-n", "model", "USE_CONDA=1", "CONDA_PREFIX="], cwd=ROOT, capture_output=True,
-                             text=True, timeout=60)
+                             text=True, timeout=60, env=_outer_make_free_env())
     assert refused.returncode != 0 and "conda activate nesylib" in refused.stderr
