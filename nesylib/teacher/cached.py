@@ -20,7 +20,12 @@ Every consumer (CoT generation, NesyCD error analysis, SKIntern knowledge) recei
    (even an error status or a malformed body) resets the count, and a call that failed although
    the server answered another call while it was out does not count: the server is up;
 7. before each new paid call the run's spend is checked against ``budget_usd``; once reached,
-   no new call starts and ``BudgetExceeded`` is raised after the calls in flight are stored.
+   no new call starts and ``BudgetExceeded`` is raised after the calls in flight are stored;
+8. while a batch's new calls run, a text progress bar on stderr (``CallProgress``, on
+   ``nesylib.progress.tqdm``) shows that batch's requests done / total and the run's calls so far
+   (ok, failed, retried), tokens in / out and, for a priced paid model, USD spent against the
+   budget. A batch the store answers entirely opens no bar (a paid backend's plan line then says
+   "0 new calls"); ``progress=False`` turns the bar off.
 
 A request still failed after its retries is counted in ``summary.unresolved``; callers decide
 whether that fails the run (``nesylib teach`` exits non-zero). The next run with the same store
@@ -140,6 +145,7 @@ class RunSummary:
     calls: int = 0                # backend attempts (each may be paid)
     succeeded: int = 0            # new successful calls stored
     failures: int = 0             # failed attempts stored
+    retries: int = 0              # attempts that repeated a request after a failed one
     unresolved: int = 0           # requests still failed after every retry
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -153,9 +159,67 @@ class RunSummary:
     def __str__(self) -> str:
         cap = f" of {self.budget_usd:g}" if self.budget_usd is not None else ""
         return (f"{self.teacher}: {self.requests} requests, {self.cache_hits} cache hits, {self.calls} calls "
-                f"({self.succeeded} ok, {self.failures} failed attempts, {self.unresolved} unresolved), "
-                f"tokens {self.prompt_tokens} in / {self.completion_tokens} out, "
+                f"({self.succeeded} ok, {self.failures} failed attempts, {self.retries} retries, "
+                f"{self.unresolved} unresolved), tokens {self.prompt_tokens} in / {self.completion_tokens} out, "
                 f"cost ${self.cost_usd:.4f}{cap}, {self.wall_s:.1f} s")
+
+    def progress_text(self, priced: bool) -> str:
+        """The run so far, as ``CallProgress`` shows it after a batch's count: calls (ok, failed,
+        retried), unresolved requests when there are any, tokens and, when ``priced``, USD spent
+        (against the budget when one is set)."""
+        parts = [f"calls {self.calls} ({self.succeeded} ok, {self.failures} failed, {self.retries} retried)"]
+        if self.unresolved:
+            parts.append(f"{self.unresolved} unresolved")
+        parts.append(f"tokens {self.prompt_tokens} in / {self.completion_tokens} out")
+        if priced:
+            cap = f" of ${self.budget_usd:g} budget" if self.budget_usd is not None else " (no budget)"
+            parts.append(f"${self.cost_usd:.4f} spent{cap}")
+        return ", ".join(parts)
+
+
+class CallProgress:
+    """The live display of one batch's new calls: a text tqdm bar (``nesylib.progress.tqdm``) on
+    stderr whose count is the batch's distinct new requests finished (answered, or given up after
+    their retries) and whose tail is ``RunSummary.progress_text`` (the whole run so far), e.g.::
+
+        teacher openai:gpt-4o-mini: 6/6 requests |##########| 00:04<00:00, calls 8 (6 ok, 2 failed,
+        2 retried), tokens 2310 in / 1490 out, $0.0012 spent of $5 budget
+
+    Every method is called with the teacher's accounting lock held, so threads update it in turn.
+    The bar redraws at most every ``mininterval`` seconds while calls run and once more at close:
+    its last line is the batch's final state.
+    """
+
+    BAR_FORMAT = "{desc}: {n_fmt}/{total_fmt} requests |{bar}| {elapsed}<{remaining}{postfix}"
+
+    def __init__(self, summary: RunSummary, total: int, priced: bool, mininterval: float = 0.5):
+        from nesylib.progress import tqdm
+
+        self.summary, self.priced, self.mininterval = summary, priced, mininterval
+        self._bar = tqdm(total=total, desc=f"teacher {summary.teacher}", bar_format=self.BAR_FORMAT,
+                         mininterval=mininterval, leave=True)
+        self._drawn = time.monotonic()
+
+    def _tail(self) -> None:
+        self._bar.set_postfix_str(self.summary.progress_text(self.priced), refresh=False)
+
+    def attempt(self) -> None:
+        """After each recorded attempt: new totals, redrawn when the last draw is old enough."""
+        self._tail()
+        now = time.monotonic()
+        if now - self._drawn >= self.mininterval:
+            self._bar.refresh()
+            self._drawn = now
+
+    def finished(self, n: int = 1) -> None:
+        """``n`` requests of the batch are done (answered, or given up after their retries)."""
+        if n:
+            self._tail()
+            self._bar.update(n)
+
+    def close(self) -> None:
+        self._tail()
+        self._bar.close()
 
 
 @dataclass
@@ -172,7 +236,8 @@ class CachedTeacher:
     def __init__(self, backend, store: CallStore | None = None, *, concurrency: int = 8,
                  budget_usd: float | None = None, price_table: PriceTable | dict | None = None,
                  policy_retries: int | None = None, retry_backoff_s: float = 1.0, keep_prompts: bool = False,
-                 max_backoff_s: float = 30.0, breaker_failures: int = 3, breaker_window_s: float = 120.0):
+                 max_backoff_s: float = 30.0, breaker_failures: int = 3, breaker_window_s: float = 120.0,
+                 progress: bool = True):
         if concurrency < 1:
             raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
         if policy_retries is None:
@@ -205,6 +270,7 @@ class CachedTeacher:
         self.breaker_failures = breaker_failures
         self.breaker_window_s = breaker_window_s
         self.keep_prompts = keep_prompts
+        self.progress = progress
         self._streak = 0                    # replies that never arrived, in a row (any reply resets it)
         self._streak_t0 = 0.0
         self._last_reply = float("-inf")    # when the backend last gave any reply (monotonic clock)
@@ -241,17 +307,25 @@ class CachedTeacher:
             with self._acct:
                 spent = self.summary.cost_usd
             print(plan.line(self.budget_usd, spent), flush=True)
-        # first fatal error, budget stop or breaker trip of this batch; "stop" wakes retry waits
-        state: dict = {"abort": None, "stop": threading.Event()}
         todo = list(pending.values())
+        # first fatal error, budget stop or breaker trip of this batch; "stop" wakes retry waits;
+        # "bar": the batch's progress display (none when the store answered everything)
+        state: dict = {"abort": None, "stop": threading.Event(), "bar": None}
+        if self.progress and todo:
+            state["bar"] = CallProgress(self.summary, len(todo), priced=self.paid and self.model in self.prices)
         chunks = [todo[i:i + self.batch_size] for i in range(0, len(todo), self.batch_size)]
-        if self.concurrency > 1 and len(chunks) > 1:
-            with ThreadPoolExecutor(self.concurrency, thread_name_prefix="teacher") as pool:
-                for fut in [pool.submit(self._run_chunk, c, state) for c in chunks]:
-                    fut.result()
-        else:
-            for c in chunks:
-                self._run_chunk(c, state)
+        try:
+            if self.concurrency > 1 and len(chunks) > 1:
+                with ThreadPoolExecutor(self.concurrency, thread_name_prefix="teacher") as pool:
+                    for fut in [pool.submit(self._run_chunk, c, state) for c in chunks]:
+                        fut.result()
+            else:
+                for c in chunks:
+                    self._run_chunk(c, state)
+        finally:
+            if state["bar"] is not None:
+                with self._acct:
+                    state["bar"].close()
         for p in todo:
             rep = p.reply or TeacherReply(text=None, ok=False, error="not attempted (run stopped)")
             for i in p.waiting:
@@ -320,7 +394,7 @@ class CachedTeacher:
             except TeacherError as e:
                 for p in left:
                     p.reply = TeacherReply(text=None, ok=False, error=str(e))
-                    self._record(p, p.reply, attempt)
+                    self._record(p, p.reply, attempt, state["bar"])
                 self._abort(state, e)
                 break
             retry = []
@@ -328,18 +402,24 @@ class CachedTeacher:
                 if rep.ok and not (rep.text or "").strip():
                     rep = TeacherReply(text=None, ok=False, error="empty reply", prompt_tokens=rep.prompt_tokens,
                                        completion_tokens=rep.completion_tokens, finish_reason=rep.finish_reason)
-                self._record(p, rep, attempt)
+                self._record(p, rep, attempt, state["bar"])
                 p.reply = rep
                 if not rep.ok:
                     retry.append(p)
                 tripped = self._breaker(rep, sent)
                 if tripped is not None:
                     self._abort(state, tripped)
+            if state["bar"] is not None and len(retry) < len(left):
+                with self._acct:
+                    state["bar"].finished(len(left) - len(retry))
             left = retry
         with self._acct:
+            gave_up = sum(1 for p in left if p.reply is not None and not p.reply.ok)
             self.summary.unresolved += sum(1 for p in left if p.reply is None or not p.reply.ok)
+            if state["bar"] is not None:
+                state["bar"].finished(gave_up)  # tried and failed to the end: done, and counted unresolved
 
-    def _record(self, p: _Pending, rep: TeacherReply, attempt: int) -> None:
+    def _record(self, p: _Pending, rep: TeacherReply, attempt: int, bar: CallProgress | None = None) -> None:
         cost = self.prices.cost(self.model, rep.prompt_tokens, rep.completion_tokens) if self.paid else 0.0
         req = p.request
         rec = {"key": p.key, "backend": self.backend_kind, "model": self.model, "ok": bool(rep.ok),
@@ -356,6 +436,9 @@ class CachedTeacher:
             s.calls += 1
             s.succeeded += int(rep.ok)
             s.failures += int(not rep.ok)
+            s.retries += int(attempt > 0)
             s.prompt_tokens += rep.prompt_tokens
             s.completion_tokens += rep.completion_tokens
             s.cost_usd += cost
+            if bar is not None:
+                bar.attempt()

@@ -13,7 +13,7 @@ def teacher_from_params(backend: str, model: str | None = None, base_url: str | 
                         concurrency: int = 8, budget_usd: float | None = None, price_table: dict | None = None,
                         *, timeout: float = 120.0, max_retries: int = 6, policy_retries: int | None = None,
                         batch_size: int = 8, keep_prompts: bool = False, data_dir=None, retry_backoff_s: float = 1.0,
-                        breaker_failures: int = 3, breaker_window_s: float = 120.0):
+                        breaker_failures: int = 3, breaker_window_s: float = 120.0, progress: bool = True):
     """A ``Teacher`` for ``backend``:
 
     * ``"openai"``: any OpenAI-compatible endpoint (``base_url``; key from ``$api_key_env``),
@@ -25,6 +25,8 @@ def teacher_from_params(backend: str, model: str | None = None, base_url: str | 
     gets the same ``max_retries`` extra attempts (at most 2 for a local model, whose seeded sampling
     repeats itself; ``policy_retries``, if given, overrides both: an older name of the same count). After ``breaker_failures`` calls in a row with no reply at all,
     the run stops with ``TeacherUnreachable`` naming ``base_url`` (see ``CachedTeacher``).
+
+    ``progress``: show a text progress bar on stderr while a batch's new calls run (``CallProgress``).
 
     Parameters hold no secret: the key is read from the environment by the backend.
     """
@@ -57,4 +59,4 @@ def teacher_from_params(backend: str, model: str | None = None, base_url: str | 
     return CachedTeacher(inner, store, concurrency=concurrency, budget_usd=budget_usd, price_table=price_table,
                          policy_retries=policy_retries,
                          keep_prompts=keep_prompts, retry_backoff_s=retry_backoff_s,
-                         breaker_failures=breaker_failures, breaker_window_s=breaker_window_s)
+                         breaker_failures=breaker_failures, breaker_window_s=breaker_window_s, progress=progress)
