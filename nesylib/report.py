@@ -12,6 +12,8 @@ results are absent is listed in the report's notes rather than filled in.
 * ``synthetic_table``: notebook 08's rows per split; ``ablation_table``: notebook 06's sweeps.
 * ``fig_*`` draw them (matplotlib ``Figure`` objects, no pyplot state); ``caption`` writes what a figure
   shows and cannot show from the results' own metadata; ``draw_all`` saves PNG + caption pairs.
+* ``write_csv`` writes any table with plain numbers in its cells (a ``[low, high]`` column becomes
+  ``<name>_low`` and ``<name>_high``), so that a CSV reader gets numbers, not list text.
 """
 from __future__ import annotations
 
@@ -400,6 +402,47 @@ def build_report(results_dir) -> Report:
                   collected.notes + notes)
 
 
+def _pair(cell) -> bool:
+    """A two-number interval cell such as ``[np.float64(0.15), np.float64(0.425)]``."""
+    if not isinstance(cell, (list, tuple, np.ndarray)) or len(cell) != 2:
+        return False
+    return all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+               for v in cell)
+
+
+def flat_table(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with every interval column split into plain numbers: a column whose filled cells are all
+    ``[low, high]`` pairs becomes ``<name>_low`` and ``<name>_high`` in its place (``bbh_ci`` gives
+    ``bbh_ci_low``/``bbh_ci_high``, the names main_table uses); numpy scalars become Python numbers.
+    Written with ``to_csv`` as it is, such a column holds text like "[np.float64(0.15), np.float64(0.425)]",
+    which a CSV reader cannot use as numbers."""
+    names, columns = [], []
+    for col in df.columns:
+        values = df[col]
+        filled = [v for v in values if isinstance(v, (list, tuple, np.ndarray)) or not pd.isna(v)]
+        if filled and all(_pair(v) for v in filled):
+            pairs = [v if _pair(v) else (None, None) for v in values]
+            for i, side in enumerate(("low", "high")):
+                names.append(f"{col}_{side}")
+                columns.append(pd.Series([math.nan if q[i] is None else float(q[i]) for q in pairs],
+                                         index=df.index, dtype="float64"))
+        else:
+            names.append(col)
+            columns.append(values.map(lambda v: v.item() if isinstance(v, np.generic) else v)
+                           if values.dtype == object else values)
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"splitting the interval columns would repeat the column(s) {repeated}")
+    return pd.DataFrame(dict(zip(names, columns)), index=df.index)
+
+
+def write_csv(df: pd.DataFrame, path) -> Path:
+    """Write a table as CSV with plain numbers in every numeric cell (``flat_table``), without the index."""
+    path = Path(path)
+    flat_table(df).to_csv(path, index=False)
+    return path
+
+
 def records(df: pd.DataFrame | None) -> list[dict]:
     """JSON-safe records of a table (NaN -> null)."""
     return [] if df is None or df.empty else json.loads(df.to_json(orient="records"))
@@ -410,15 +453,14 @@ def write_tables(report: Report, out_dir) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "main_table.csv", out / "main_table.md", out / "accuracy_vs_flops.csv"]
-    report.main.to_csv(paths[0], index=False)
+    write_csv(report.main, paths[0])
     presets = ", ".join(_setup(report)["presets"]) or "preset not recorded"
     paths[1].write_text(main_table_markdown(report.main, report.notes,
                                             title=f"Main results ({presets}; from {_shown_path(report.collected.dir)})"))
-    report.points.to_csv(paths[2], index=False)
+    write_csv(report.points, paths[2])
     for name, df in (("synthetic_table", report.synthetic), ("ablations", report.ablations)):
         if df is not None:
-            paths.append(out / f"{name}.csv")
-            df.to_csv(paths[-1], index=False)
+            paths.append(write_csv(df, out / f"{name}.csv"))
     return paths
 
 

@@ -44,7 +44,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from nesylib import experiment, nesycd, prompts, runs, students
+from nesylib import experiment, nesycd, prompts, report, runs, students
 from nesylib.kb import KnowledgeBase
 from nesylib.knowledge import require_kb_entries
 from nesylib.train import pick_backend
@@ -121,7 +121,7 @@ row = students.result_row("kb", res_kb, se_metrics, kb_entries=len(kb), tutor=kb
                           knowledge_rate=round(sum(t != prompts.NO_SUMMARY for t in knowledge.values())
                                                / len(knowledge), 4) if knowledge else None)
 print(f"NesyCD S_E: ID avg {row['id_avg']}, OOD avg {row['ood_avg']}")
-pd.DataFrame([row]).to_csv(ctx.path("nesycd.csv"), index=False)
+report.write_csv(pd.DataFrame([row]), ctx.path("nesycd.csv"))
 sample = next((s for s in res_kb.rows if prompts.KB_INTRO in s["prompt"]), res_kb.rows[0] if res_kb.rows else None)
 if sample is None:
     print("no test questions were evaluated (eval_per_task)")
@@ -144,7 +144,7 @@ if ablation_no_knowledge:
                     | {"method": "S_E without knowledge (P-STD)", "variant": "se_no_knowledge"})
 ablation.append(row | {"method": "S_E with KB (NesyCD)", "variant": "se_kb"})
 ablation_table = pd.DataFrame(ablation)
-ablation_table.to_csv(ctx.path("ablation.csv"), index=False)
+report.write_csv(ablation_table, ctx.path("ablation.csv"))
 ablation_table[["method"] + list(eval_sets) + ["id_avg", "ood_avg", "no_answer_rate", "prefill_tmacs"]]""",
     """fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(eval_sets)), 3.8))
 width = 0.8 / len(ablation)

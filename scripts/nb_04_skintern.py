@@ -60,7 +60,7 @@ min_knowledge_share: float = 0.5          # stop when the writer gives usable kn
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from nesylib import compress, curriculum, experiment, nesycd, prompts, runs, skintern, students
+from nesylib import compress, curriculum, experiment, nesycd, prompts, report, runs, skintern, students
 from nesylib.train import pick_backend
 
 backend = pick_backend()  # before transformers is used: unsloth patches it on a GPU
@@ -204,7 +204,7 @@ plt.show()""",
 row = students.result_row("skintern", result, res.metrics, stages_T=stages_T, schedule=schedule_kind,
                           max_demos=max_demos, demo_mode=demo_mode, compressor=comp_report[0]["compressor"],
                           knowledge_writer=writer.name, train_steps=res.metrics["steps"])
-pd.DataFrame([row]).to_csv(ctx.path("skintern.csv"), index=False)
+report.write_csv(pd.DataFrame([row]), ctx.path("skintern.csv"))
 pd.DataFrame([row])[["method"] + [c for c in row if c in eval_sets] + ["id_avg", "ood_avg", "no_answer_rate",
                                                                       "prefill_tmacs"]]""",
     """#md

@@ -41,7 +41,7 @@ import pandas as pd
 
 from pathlib import Path
 
-from nesylib import experiment, runs, students
+from nesylib import experiment, report, runs, students
 from nesylib.train import pick_backend
 
 backend = pick_backend()  # before transformers is used: unsloth patches it on a GPU
@@ -75,7 +75,7 @@ for method in methods:
     rows.append(students.result_row(method, run.result, lab.train_metrics.get(method)))
     print(f"{method}: ID avg {rows[-1]['id_avg']}, OOD avg {rows[-1]['ood_avg']}")
 table = pd.DataFrame(rows)
-table.to_csv(ctx.path("baselines.csv"), index=False)
+report.write_csv(table, ctx.path("baselines.csv"))
 table[["method"] + [c for c in table.columns if c in eval_sets] + ["id_avg", "ood_avg", "no_answer_rate"]]""",
     """#md
 ## Accuracy with 95% bootstrap confidence intervals""",

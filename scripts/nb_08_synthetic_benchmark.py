@@ -56,7 +56,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
 
-from nesylib import runs, students
+from nesylib import report, runs, students
 from nesylib.train import pick_backend
 
 backend = pick_backend()  # before transformers is used: unsloth patches it on a GPU
@@ -274,7 +274,7 @@ for r in rows:
     if std_macs and r.get("prefill_tmacs") is not None:
         r["prefill_vs_std"] = r["prefill_tmacs"] / std_macs
 table = pd.DataFrame(rows)
-table.to_csv(ctx.path("synth_results.csv"), index=False)
+report.write_csv(table, ctx.path("synth_results.csv"))
 
 
 def fmt(v, ci=None):
