@@ -14,7 +14,6 @@ knowledge source, so the comparison isolates training and generation.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import tempfile
@@ -23,10 +22,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def main(argv=None) -> int:
@@ -69,7 +64,7 @@ def main(argv=None) -> int:
         return {"outputs_differ": len(differ), "correctness_flips": sum(a[u][1] != b[u][1] for u in a),
                 "first_differing_uid": differ[0] if differ else None}
 
-    from nesylib.data import read_jsonl
+    from nesylib.files import read_jsonl, sha256_file
 
     t0 = time.time()
     logged = nb_dir / "eval" / args.method / "samples.jsonl"
@@ -98,8 +93,8 @@ def main(argv=None) -> int:
                "same_adapter_evaluated_again": {"accuracy": again.result.accuracy,
                                                 **compare(run_rows, by_uid(again.result.rows))},
                "retrained_adapter": None if fresh is None else {
-                   "byte_identical": _sha(again.adapter / "adapter_model.safetensors")
-                   == _sha(fresh.adapter / "adapter_model.safetensors"),
+                   "byte_identical": sha256_file(again.adapter / "adapter_model.safetensors")
+                   == sha256_file(fresh.adapter / "adapter_model.safetensors"),
                    "accuracy": fresh.result.accuracy, **compare(run_rows, by_uid(fresh.result.rows))},
                "seconds": round(time.time() - t0, 1)}
     print(json.dumps(out, indent=1))

@@ -49,7 +49,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import decimal
-import hashlib
 import json
 import os
 import random
@@ -59,7 +58,7 @@ from pathlib import Path
 import yaml
 
 from nesylib.errors import ConfigError, DataError
-from nesylib.jsonl import iter_jsonl
+from nesylib.files import file_hash, iter_jsonl
 
 ENV = "NESYLIB_DATASETS"
 ANSWER_TYPES = {  # answer type -> how the answer must be written (teacher prompt, default description)
@@ -325,11 +324,7 @@ def fingerprint(entries: dict[str, dict]) -> dict:
                 raise DataError(f"dataset {name!r}: data file {p} does not exist") from None
             key = (str(p), st.st_mtime_ns, st.st_size)
             if key not in _HASHES:
-                h = hashlib.sha256()
-                with open(p, "rb") as f:
-                    for block in iter(lambda: f.read(1 << 20), b""):
-                        h.update(block)
-                _HASHES[key] = h.hexdigest()[:16]
+                _HASHES[key] = file_hash(p)
             data = _HASHES[key]
         out[name] = {"entry": entry, "data": data}
     return out

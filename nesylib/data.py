@@ -25,7 +25,7 @@ from pathlib import Path
 
 from nesylib import custom_data
 from nesylib.errors import ConfigError, DataError
-from nesylib.jsonl import read_jsonl  # noqa: F401 (read here by many modules)
+from nesylib.files import read_jsonl  # noqa: F401 (read here by many modules)
 from nesylib.sources import fetch
 
 BBH_TASKS = [

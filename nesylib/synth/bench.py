@@ -26,7 +26,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
-from nesylib.data import read_jsonl
+from nesylib.files import read_jsonl, write_text
 from nesylib.errors import ConfigError, DataError
 from nesylib.synth.world import COLORS, TASKS, VARIANTS, SynthConfig, World, generate_world, solve
 
@@ -266,22 +266,15 @@ def _records(world, split, items, exposures, rng, config) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------ files
-def _write_atomic(path: Path, text: str) -> None:
-    from nesylib.atomic import atomic_file
-
-    with atomic_file(path) as f:  # unique temporary name, ordinary file mode (not mkstemp's 0600)
-        f.write(text)
-
-
 def save_benchmark(benchmark: dict[str, list[dict]], path, world: World | None = None) -> Path:
     """Write ``path/{split}.jsonl`` (and ``path/world.json`` with the world) atomically."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     for split, rows in benchmark.items():
-        _write_atomic(path / f"{split}.jsonl",
+        write_text(path / f"{split}.jsonl",
                       "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     if world is not None:
-        _write_atomic(path / "world.json", json.dumps(world.to_dict(), ensure_ascii=False, indent=1) + "\n")
+        write_text(path / "world.json", json.dumps(world.to_dict(), ensure_ascii=False, indent=1) + "\n")
     return path
 
 

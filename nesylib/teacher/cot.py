@@ -143,7 +143,7 @@ class RationaleSet:
 
     def save(self, path: str | Path) -> Path:
         """Write the accepted records as JSONL (atomic) and a ``.stats.json`` beside them."""
-        from nesylib.atomic import atomic_file, write_text
+        from nesylib.files import atomic_file, write_text
 
         path = Path(path).expanduser()
         with atomic_file(path) as f:  # temporary names unique to this writer

@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from nesylib.atomic import atomic_file
+from nesylib.files import atomic_file
 from nesylib.errors import DataError
 from nesylib.teacher.base import TeacherRequest
 

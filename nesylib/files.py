@@ -1,23 +1,31 @@
-"""Atomic writes whose temporary names never collide, with the file modes a plain ``open`` gives.
+"""Files: the one place that writes, reads and hashes them.
 
-A result is first written to a temporary file or folder next to its target (same directory, so
-the final ``os.replace`` is atomic) and renamed into place only once complete. The temporary name
-``.<target name>.<host>.<pid>.<random>.tmp`` is unique per writer, so two processes writing the
-same target never share, truncate or delete each other's half-written data; the last complete
-write wins.
-
-Files are created with ``O_EXCL`` and mode 0666, folders with 0777: the process umask then applies
-exactly as for an ordinary ``open``/``mkdir`` (0644 and 0755 under the usual umask 022), unlike
-``tempfile.mkstemp``/``mkdtemp``, which create 0600/0700 files nobody else can read.
+* Atomic writes whose temporary names never collide, with the file modes a plain ``open`` gives.
+  A result is first written to a temporary file or folder next to its target (same directory, so
+  the final ``os.replace`` is atomic) and renamed into place only once complete. The temporary name
+  ``.<target name>.<host>.<pid>.<random>.tmp`` is unique per writer, so two processes writing the
+  same target never share, truncate or delete each other's half-written data; the last complete
+  write wins. Files are created with ``O_EXCL`` and mode 0666, folders with 0777: the process umask
+  then applies exactly as for an ordinary ``open``/``mkdir`` (0644 and 0755 under the usual umask
+  022), unlike ``tempfile.mkstemp``/``mkdtemp``, which create 0600/0700 files nobody else can read.
+* JSON and JSON Lines: ``write_json``/``write_jsonl`` (atomic), ``read_json``, and ``read_jsonl``/
+  ``iter_jsonl``, whose errors name the file and the line.
+* Content hashes: ``sha256_file`` (streamed, full hex), ``file_hash`` and ``stable_hash`` (16 hex digits,
+  the keys of the caches).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import secrets
 import shutil
 import socket
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
+
+from nesylib.errors import DataError
 
 _HOST = "".join(c if c.isalnum() or c == "-" else "_" for c in socket.gethostname())[:32] or "host"
 
@@ -145,3 +153,69 @@ def replace_dir(src: str | Path, target: str | Path, attempts: int = 5) -> Path:
             old.unlink(missing_ok=True)
     os.replace(src, target)
     return target
+
+
+# ------------------------------------------------------------------------------------ JSON
+def write_json(path: str | Path, obj, indent: int = 2) -> Path:
+    """Atomic JSON write: a killed process never leaves a half-written file."""
+    path = Path(path)
+    with atomic_file(path) as f:
+        json.dump(obj, f, indent=indent, ensure_ascii=False, default=str)
+        f.write("\n")
+    return path
+
+
+def write_jsonl(path: str | Path, rows, fsync: bool = False) -> Path:
+    """Atomic JSON Lines write, one object per line."""
+    path = Path(path)
+    with atomic_file(path, fsync=fsync) as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
+    return path
+
+
+def read_json(path: str | Path):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[int, dict | None]]:
+    """(line number, object) per line; a blank line gives None. A line that is not a JSON object
+    raises a DataError naming ``path`` and the line."""
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                yield n, None
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: malformed JSON record ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+            yield n, row
+
+
+def read_jsonl(path: Path, keep_blank: bool = False) -> list:
+    """Every object of a JSONL file. ``keep_blank``: blank lines become None, so a row's position
+    gives its line number."""
+    return [row for _, row in iter_jsonl(path) if row is not None or keep_blank]
+
+
+# ------------------------------------------------------------------------------------ hashes
+def sha256_file(path: str | Path) -> str:
+    """The full sha256 hex digest of a file, read in 1 MiB blocks (data files can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_hash(path: str | Path) -> str:
+    """A file's content key: the first 16 hex digits of its sha256."""
+    return sha256_file(path)[:16]
+
+
+def stable_hash(obj) -> str:
+    """A JSON-able object's content key (keys sorted, so dict order does not matter): 16 hex digits."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
