@@ -15,7 +15,7 @@ the same shape ``decay(t)``:
     n_demos(t)    = round_half_up(max_demos * decay(t))
 
 The training budget (the Std-CoT 10-epoch step count, ``nesylib.train.steps_for``) is split over
-the stages by ``steps_per_stage`` (D17; the same rule as ``nesylib.train.split_steps``).
+the stages by ``steps_per_stage`` (D17).
 """
 from __future__ import annotations
 

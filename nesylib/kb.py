@@ -18,7 +18,6 @@ entry; the rest are filled in when missing.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import re
 from pathlib import Path
 

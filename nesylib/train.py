@@ -7,7 +7,7 @@ checkpoints, and the unsloth or transformers+peft backend.
     from nesylib.train import pick_backend  # importing nesylib.train does not import transformers
     backend = pick_backend()  # first cell: unsloth must patch transformers before anyone imports it
     from nesylib.formats import examples_for
-    from nesylib.train import TrainConfig, train_lora, merge_adapter
+    from nesylib.train import TrainConfig, train_lora, merge_adapter  # merge_adapter: nesylib.adapters
     res = train_lora("smollm2-135m", examples_for("std", recs), TrainConfig(epochs=2), "runs/x/std")
     merged = merge_adapter("smollm2-135m", res.adapter_dir, "runs/x/std/merged")
 
@@ -16,7 +16,7 @@ optimizer and one cosine schedule (with warmup) span all stages; stage t's examp
 the caller for stage t) are used for exactly its ``steps`` optimizer steps:
 
     total = steps_for(len(train_records), 10, cfg)          # the Std-CoT 10-epoch budget
-    stages = [Stage(examples_t, steps=n, name=f"t{t}") for t, n in enumerate(split_steps(total, 7))]
+    stages = [Stage(examples_t, steps=n, name=f"t{t}") for t, n in enumerate(steps_per_stage(total, T=6))]  # curriculum
     train_lora("smollm2-135m", stages, cfg, out_dir)
 
 ``init_adapter=`` starts from a saved adapter instead (a fresh optimizer and schedule).
@@ -25,12 +25,12 @@ Several GPUs (data parallel, docs/multi-gpu.md): ``TrainConfig(world_size=N)`` t
 processes; the global batch is per_device_batch x grad_accum x world_size. Called from one process (a
 notebook), ``train_lora`` launches ``torchrun`` (or ``$NESYLIB_LAUNCHER``, e.g. ``accelerate launch`` with
 configs/accelerate/zero2.yaml) on ``python -m nesylib train-job`` and waits; under a launcher it trains its share.
-The process handling itself is ``nesylib.distributed``.
+The process handling itself is ``nesylib.distributed``; the recipe and run key are ``nesylib.train_config``;
+the run folder and its checkpoints ``nesylib.checkpoints``; saved adapters (merge, export, load) ``nesylib.adapters``.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
 import inspect
 import json
@@ -39,152 +39,26 @@ import math
 import shutil
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from nesylib.files import atomic_dir, sha256_file, write_json
+from nesylib.adapters import export_model, load_student, merge_adapter  # noqa: F401 (nesylib.train's API)
+from nesylib.checkpoints import RESULT_FILE, checkpoints, finished_run, prepare_out_dir
+from nesylib.files import atomic_dir, write_json
 from nesylib.distributed import (check_dealt_loader, from_main, init_process_group, launch_job,
-                                 launched_world_size, load_optimizer_on_cpus, missing_rng_states,
-                                 pool_over_processes, total_over_processes)
+                                 launched_world_size, load_optimizer_on_cpus, pool_over_processes, total_over_processes)
 from nesylib.errors import ConfigError, ModelError
 from nesylib.prompts import Example
 from nesylib.sft_data import (ItemCollator, ItemDataset, StreamSampler, TruncationStats, encode_items,
                               item_order)
+from nesylib.train_config import (BACKENDS, ENGINE_VERSION, KEYED_UNLESS_DEFAULT, REPORT_TO_PACKAGES,  # noqa: F401
+                                  TRACKING_ONLY, Stage, TrainConfig, TrainResult, check_report_to, config_key,
+                                  fingerprint, steps_for)
 
-ENGINE_VERSION = "e3"  # bump when a change alters what a run with the same inputs produces
-BACKENDS = ("auto", "hf", "unsloth")
-_RESULT_FILE = "train_result.json"
-_RUN_FILE = "run.json"
-# tracking only: never changes the weights, so it stays out of every key (existing students stay cached)
-TRACKING_ONLY = ("report_to",)
-_NOT_IN_FINGERPRINT = ("save_steps", "logging_steps") + TRACKING_ONLY  # bookkeeping: may change across a resume
-# fields added after students were trained: left out of every key at this value, so existing keys stay as they were
-KEYED_UNLESS_DEFAULT = {"world_size": 1}
 _JOB_FILE = "job.json"
-# transformers' reporting integrations (INTEGRATION_TO_CALLBACK) -> {module it needs: pip name}. Spelled out here so
-# that validating a preset does not import transformers; tests/test_export_model.py checks that they still agree.
-REPORT_TO_PACKAGES = {
-    "azure_ml": {"azureml": "azureml-core"}, "clearml": {"clearml": "clearml"},
-    "codecarbon": {"codecarbon": "codecarbon"}, "comet_ml": {"comet_ml": "comet-ml"},
-    "dagshub": {"dagshub": "dagshub", "mlflow": "mlflow"}, "dvclive": {"dvclive": "dvclive"},
-    "flyte": {"flytekit": "flytekit"}, "kubeflow": {}, "mlflow": {"mlflow": "mlflow"},
-    "neptune": {"neptune": "neptune"}, "swanlab": {"swanlab": "swanlab"},
-    "tensorboard": {"tensorboard": "tensorboard"}, "trackio": {"trackio": "trackio"}, "wandb": {"wandb": "wandb"},
-}
+
 _log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    """Fine-tuning hyper-parameters; defaults are the authors' recipe (§2.2) at global batch 32 (D10).
-
-    ``per_device_batch`` counts items: an MT item brings its rationale and its answer sequence.
-    ``max_steps`` (optimizer steps) overrides ``epochs``. Every step sees a full global batch; the
-    last one is filled from the next shuffled pass.
-
-    ``world_size``: data-parallel processes (GPUs) that train the student together. The global batch
-    is per_device_batch x grad_accum x world_size (D10: the authors' 16 x 1 x 2 GPUs = 32); it alone
-    fixes the data order, the step budget and the schedule, so 8 x 2 x 2 trains on the same items per
-    step as 16 x 2 x 1. At 1 it is left out of the run's keys (students trained before it existed stay cached).
-    """
-    lora_r: int = 32
-    lora_alpha: int = 64
-    lora_dropout: float = 0.0
-    target_modules: str | list[str] = "all-linear"
-    lr: float = 2e-4
-    epochs: float = 10.0
-    max_steps: int | None = None
-    per_device_batch: int = 16
-    grad_accum: int = 2
-    warmup_ratio: float = 0.1
-    scheduler: str = "cosine"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    cutoff_len: int = 2048
-    seed: int = 42
-    bf16_autocast: bool | str = "auto"  # "auto": on where the hardware has native bf16 (see cpu_has_native_bf16)
-    model_dtype: str = "auto"           # base weights: bfloat16 on CUDA, float32 on CPU (D10)
-    group_weights: dict = field(default_factory=lambda: {"main": 1.0, "rationale": 0.7, "answer": 0.3})
-    save_steps: int = 100
-    logging_steps: int = 10
-    backend: str = "auto"
-    group_by_length: bool = False
-    add_bos: bool = False               # D11: no BOS by default, as the authors' template
-    gradient_checkpointing: bool = False
-    report_to: str | list[str] = "none"  # transformers integrations ("tensorboard", ["wandb", "mlflow"], "all")
-    world_size: int = 1                 # data-parallel processes; global batch = per_device x accum x world_size
-
-    @property
-    def global_batch(self) -> int:
-        return self.per_device_batch * self.grad_accum * self.world_size
-
-    def validate(self) -> "TrainConfig":
-        def need(ok: bool, name: str, rule: str):
-            if not ok:
-                raise ConfigError(f"TrainConfig.{name}={getattr(self, name)!r}: {rule}")
-        for name in ("lora_r", "lora_alpha", "per_device_batch", "grad_accum", "cutoff_len", "save_steps",
-                     "logging_steps", "world_size"):
-            need(isinstance(getattr(self, name), int) and getattr(self, name) > 0, name, "must be a positive int")
-        need(0.0 <= self.lora_dropout < 1.0, "lora_dropout", "must be in [0, 1)")
-        need(self.lr > 0, "lr", "must be > 0")
-        need(self.max_steps is not None or self.epochs > 0, "epochs", "must be > 0 (or set max_steps)")
-        need(self.max_steps is None or (isinstance(self.max_steps, int) and self.max_steps > 0), "max_steps",
-             "must be None or a positive int")
-        need(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio", "must be in [0, 1)")
-        need(self.backend in BACKENDS, "backend", f"must be one of {BACKENDS}")
-        need(self.world_size == 1 or self.backend != "unsloth", "backend",
-             "'unsloth' trains on one GPU only; use 'hf' or 'auto' with world_size > 1")
-        need(self.bf16_autocast in (True, False, "auto"), "bf16_autocast", "must be true, false or auto")
-        need(self.model_dtype in ("auto", "float32", "bfloat16", "float16"), "model_dtype",
-             "must be auto, float32, bfloat16 or float16")
-        need(isinstance(self.group_weights, dict) and all(w >= 0 for w in self.group_weights.values()),
-             "group_weights", "must map group names to weights >= 0")
-        rt = self.report_to
-        known = ("none", "all", *REPORT_TO_PACKAGES)
-        if not (rt in known if isinstance(rt, str) else isinstance(rt, (list, tuple)) and len(rt) > 0
-                and all(isinstance(n, str) and n in REPORT_TO_PACKAGES for n in rt)):
-            raise ConfigError(f"train.report_to={rt!r}: must be 'none', 'all', or one integration or a list of "
-                              f"them, from {sorted(REPORT_TO_PACKAGES)}")
-        return self
-
-
-def check_report_to(report_to) -> None:
-    """Fail before training, not at its first log, when a named integration's package is not installed."""
-    for name in [report_to] if isinstance(report_to, str) else report_to:
-        for module, pip_name in REPORT_TO_PACKAGES.get(name, {}).items():
-            if importlib.util.find_spec(module) is None:
-                raise ConfigError(f"train.report_to={report_to!r}: the {name} integration needs the {module!r} "
-                                  f"package, which is not installed; pip install {pip_name}")
-
-
-@dataclass
-class Stage:
-    """One curriculum stage: its examples are trained on for exactly ``steps`` optimizer steps."""
-    examples: list[Example]
-    steps: int
-    name: str = ""
-
-
-@dataclass
-class TrainResult:
-    adapter_dir: Path
-    metrics: dict
-    cached: bool = False  # True when a finished run with identical inputs was found in out_dir
-
-
-def steps_for(n_items: int, epochs: float, config: TrainConfig) -> int:
-    """Optimizer steps that cover ``epochs`` passes over ``n_items`` items at the global batch."""
-    return max(1, math.ceil(n_items * epochs / config.global_batch))
-
-
-def split_steps(total: int, n_stages: int) -> list[int]:
-    """D17: an even split of ``total`` steps over the stages, the remainder to the last stage."""
-    if n_stages < 1 or total < n_stages:
-        raise ConfigError(f"cannot split {total} steps over n_stages={n_stages} (each stage needs >= 1 step)")
-    base = total // n_stages
-    return [base] * (n_stages - 1) + [total - base * (n_stages - 1)]
 
 
 # ------------------------------------------------------------------------------------ backends
@@ -420,72 +294,6 @@ def _step_clock():
 
 
 # ------------------------------------------------------------------------------------ the run
-def config_key(config: TrainConfig, leave_out=()) -> dict:
-    """The config's fields for a key (the run's fingerprint, the student's folder): all but ``leave_out``, and
-    those of KEYED_UNLESS_DEFAULT only where they differ from that value."""
-    return {k: v for k, v in dataclasses.asdict(config).items()
-            if k not in leave_out and not (k in KEYED_UNLESS_DEFAULT and v == KEYED_UNLESS_DEFAULT[k])}
-
-
-def _fingerprint(model_path: str, stages: list[Stage], config: TrainConfig, init_adapter: str | None) -> str:
-    cfg = config_key(config, _NOT_IN_FINGERPRINT)
-    init = None
-    if init_adapter:
-        w = Path(init_adapter) / "adapter_model.safetensors"
-        init = sha256_file(w) if w.is_file() else str(init_adapter)
-    h = hashlib.sha256(json.dumps({"engine": ENGINE_VERSION, "model": model_path, "config": cfg, "init": init},
-                                  sort_keys=True, default=str).encode())
-    for s in stages:
-        h.update(f"\x00stage {s.steps}\x00".encode())
-        for e in s.examples:
-            h.update(json.dumps([e.prompt, e.target, e.group, e.uid, e.kind]).encode())
-    return h.hexdigest()[:16]
-
-
-_ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
-
-
-def _checkpoints(out_dir: Path) -> list[Path]:
-    """Every ``checkpoint-<step>`` folder, complete or not, by step."""
-    found = [p for p in out_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
-
-
-def _checkpoint_problem(ckpt: Path, world_size: int = 1) -> str | None:
-    """Why ``ckpt`` cannot be resumed from (None when it can): a kill during a save leaves it without
-    its trainer state, which ``Trainer`` writes last, or without the adapter weights, or (several
-    processes) without some process's RNG state (``missing_rng_states``)."""
-    state = ckpt / "trainer_state.json"
-    if not state.is_file():
-        return "no trainer_state.json"
-    try:
-        json.loads(state.read_text())
-    except (OSError, ValueError) as e:
-        return f"unreadable trainer_state.json ({type(e).__name__})"
-    if not any((ckpt / w).is_file() for w in _ADAPTER_WEIGHTS):
-        return f"no adapter weights ({' or '.join(_ADAPTER_WEIGHTS)})"
-    missing = missing_rng_states(ckpt, world_size)
-    if missing:
-        return f"no RNG state of process(es) {missing}"
-    return None
-
-
-def _resumable_checkpoint(out_dir: Path, world_size: int = 1) -> Path | None:
-    """The newest complete checkpoint; incomplete ones are reported and deleted (they can never be
-    resumed from, and ``Trainer``'s checkpoint rotation would keep them over a good one)."""
-    last = None
-    for ckpt in _checkpoints(out_dir):
-        problem = _checkpoint_problem(ckpt, world_size)
-        if problem is None:
-            last = ckpt
-        else:
-            _log.warning("ignoring incomplete checkpoint %s (%s); deleting it", ckpt, problem)
-            shutil.rmtree(ckpt, ignore_errors=True)
-    if last is not None:
-        _log.warning("resuming the training in %s from its newest complete checkpoint, %s", out_dir, last.name)
-    return last
-
-
 def _as_stages(examples) -> list[Stage]:
     if not examples:
         raise ConfigError("train_lora: `examples` is empty")
@@ -497,37 +305,6 @@ def _as_stages(examples) -> list[Stage]:
     if not all(isinstance(e, Example) for e in examples):
         raise ConfigError("train_lora: `examples` must be a list of prompts.Example or a list of train.Stage")
     return [Stage(list(examples), steps=0, name="main")]  # 0: from max_steps or epochs once items are paired
-
-
-def _finished_run(out_dir: Path, fp: str) -> TrainResult | None:
-    """The finished run with fingerprint ``fp`` in ``out_dir``, if there is one."""
-    done = out_dir / _RESULT_FILE
-    if done.is_file():
-        prev = json.loads(done.read_text())
-        if prev.get("fingerprint") == fp and (out_dir / "adapter").is_dir():
-            return TrainResult(out_dir / "adapter", prev, cached=True)
-    return None
-
-
-def _prepare_out_dir(out_dir: Path, fp: str, resume: bool, meta: dict,
-                     world_size: int = 1) -> tuple[TrainResult | None, Path | None]:
-    """(a finished identical run to return, or None; the checkpoint to resume from, or None)."""
-    done, run_file = out_dir / _RESULT_FILE, out_dir / _RUN_FILE
-    finished = _finished_run(out_dir, fp) if resume else None
-    if finished is not None:
-        return finished, None
-    last = _resumable_checkpoint(out_dir, world_size) if resume else None
-    if last is not None:
-        prev_fp = json.loads(run_file.read_text()).get("fingerprint") if run_file.is_file() else None
-        if prev_fp != fp:
-            raise ConfigError(f"{out_dir} holds checkpoints of a run with different inputs (fingerprint {prev_fp} "
-                              f"!= {fp}); delete it, pass resume=False, or choose another out_dir")
-    else:
-        for p in _checkpoints(out_dir):
-            shutil.rmtree(p)
-    done.unlink(missing_ok=True)
-    write_json(run_file, {"fingerprint": fp, **meta})
-    return None, last
 
 
 def _build_stream(tok, stages: list[Stage], groups: list[str], config: TrainConfig):
@@ -615,7 +392,7 @@ def train_lora(model_name_or_path: str, examples: list[Example] | list[Stage], c
     if unknown:
         raise ConfigError(f"TrainConfig.group_weights={config.group_weights} has no weight for group(s) {unknown}")
     init = str(init_adapter) if init_adapter else None
-    fp = _fingerprint(model_path, stages, config, init)
+    fp = fingerprint(model_path, stages, config, init)
     if distributed and launched == 1:
         if callbacks:
             raise ConfigError("train_lora: callbacks cannot be passed to launched processes; start your script "
@@ -626,7 +403,7 @@ def train_lora(model_name_or_path: str, examples: list[Example] | list[Stage], c
     rank = init_process_group(cuda) if distributed else 0
     cached = last = None
     if rank == 0:  # the main process alone reads and tidies out_dir; the others follow its decision
-        cached, last = _prepare_out_dir(out_dir, fp, resume, {"model": model_path, "init_adapter": init,
+        cached, last = prepare_out_dir(out_dir, fp, resume, {"model": model_path, "init_adapter": init,
                                                               "config": dataclasses.asdict(config)},
                                         config.world_size)
     if distributed:
@@ -694,9 +471,9 @@ def train_lora(model_name_or_path: str, examples: list[Example] | list[Stage], c
         if distributed:
             metrics["tokens_per_s_all_processes"] = round(processed_all / seconds, 1) if seconds > 0 else None
         metrics["final_loss"] = metrics["loss_curve"][-1][1] if metrics["loss_curve"] else None
-        write_json(out_dir / _RESULT_FILE, metrics)
+        write_json(out_dir / RESULT_FILE, metrics)
         if not keep_checkpoints:
-            for p in _checkpoints(out_dir):
+            for p in checkpoints(out_dir):
                 shutil.rmtree(p)
     if distributed:  # the others wait for the main process's files and return its result
         metrics = from_main(metrics)
@@ -709,7 +486,7 @@ def _launch(model_path: str, examples, config: TrainConfig, out_dir: Path, resum
     """Train on ``config.world_size`` processes and wait: write the run as ``out_dir/job.json``, start them on it
     (``launch_job``, output to ``out_dir/launch.log``), and return the main process's result. A finished identical
     run is returned without launching anything."""
-    finished = _finished_run(out_dir, fp) if resume else None
+    finished = finished_run(out_dir, fp) if resume else None
     if finished is not None:
         return finished
     staged = all(isinstance(s, Stage) for s in examples)
@@ -724,7 +501,7 @@ def _launch(model_path: str, examples, config: TrainConfig, out_dir: Path, resum
     write_json(job_file, job)
     log_file = out_dir / "launch.log"
     rc = launch_job(job_file, config.world_size, log_file)
-    result = _finished_run(out_dir, fp)
+    result = finished_run(out_dir, fp)
     if rc != 0 or result is None:
         tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-40:])
         raise ModelError(f"training on {config.world_size} processes failed (exit status {rc}"
@@ -745,88 +522,3 @@ def run_job(job_file: str | Path) -> TrainResult:
                       init_adapter=job.get("init_adapter"), keep_checkpoints=job.get("keep_checkpoints", False))
 
 
-# ------------------------------------------------------------------------------------ after training
-def _tokenizer_dir(base_path: str, adapter_dir: Path) -> str:
-    return str(adapter_dir) if (adapter_dir / "tokenizer_config.json").is_file() else base_path
-
-
-def merge_adapter(base: str, adapter_dir: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:
-    """Merge a LoRA adapter into its base model and save a plain transformers folder (D20)."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from nesylib.models import resolve_model
-
-    adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise ModelError(f"{adapter_dir}: no adapter_config.json (not a saved LoRA adapter)")
-    base_path = resolve_model(str(base))
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, dtype))
-    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-    tok = AutoTokenizer.from_pretrained(_tokenizer_dir(base_path, adapter_dir))
-    with atomic_dir(out_dir) as tmp:  # a killed merge never leaves a half folder behind
-        merged.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-    return out_dir
-
-
-def export_model(adapter_dir: str | Path, out_dir: str | Path, base: str | None = None, dtype: str = "float32",
-                 force: bool = False) -> Path:
-    """``merge_adapter`` behind the checks of ``python -m nesylib export-model``: a self-contained folder
-    (config, safetensors weights, tokenizer, generation config) for ``from_pretrained`` or vLLM.
-
-    ``base`` defaults to the adapter's ``base_model_name_or_path``. An existing non-empty ``out_dir`` is
-    refused unless ``force``; the merge writes a temporary sibling and renames it into place.
-    """
-    adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise ConfigError(f"dtype={dtype!r}: must be float32, bfloat16 or float16")
-    if not adapter_dir.is_dir():
-        raise ModelError(f"{adapter_dir}: adapter folder not found")
-    cfg_file = adapter_dir / "adapter_config.json"
-    if not cfg_file.is_file():
-        raise ModelError(f"{adapter_dir}: no adapter_config.json (not a saved LoRA adapter)")
-    if out_dir.resolve() == adapter_dir.resolve():
-        raise ConfigError(f"{out_dir}: is the adapter folder itself; choose another output folder")
-    if out_dir.exists() and not force and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise ConfigError(f"{out_dir}: exists and is not empty; pass --force to replace it")
-    if base is None:
-        try:
-            base = json.loads(cfg_file.read_text()).get("base_model_name_or_path")
-        except ValueError as e:
-            raise ModelError(f"{cfg_file}: unreadable ({e})") from None
-        if not base:
-            raise ModelError(f"{cfg_file}: names no base_model_name_or_path; pass --base")
-        if Path(base).is_absolute() and not Path(base).is_dir():  # trained on another machine or cache
-            raise ModelError(f"{cfg_file}: its base model folder {base} does not exist here; pass --base")
-    return merge_adapter(base, adapter_dir, out_dir, dtype)
-
-
-def load_student(base: str, adapter_dir: str | Path | None = None, merged: bool = True,
-                 dtype: str = "float32", device: str | None = None):
-    """(model, tokenizer) for evaluation: eval mode, left padding.
-
-    Without ``adapter_dir`` it is the base model (or a merged folder passed as ``base``). With one,
-    the adapter is merged in memory (``merged=True``, plain fast model) or kept as a PeftModel.
-    """
-    from nesylib.models import load_model, resolve_model
-
-    if adapter_dir is None:
-        return load_model(str(base), dtype=dtype, device=device)
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    adapter_dir = Path(adapter_dir)
-    base_path = resolve_model(str(base))
-    tok = AutoTokenizer.from_pretrained(_tokenizer_dir(base_path, adapter_dir))
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, dtype))
-    model = PeftModel.from_pretrained(model, str(adapter_dir))
-    if merged:
-        model = model.merge_and_unload()
-    if device:
-        model.to(device)
-    model.eval()
-    return model, tok

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+import nesylib.checkpoints as C
 import nesylib.train as T
 from nesylib.prompts import Example
 
@@ -108,11 +109,13 @@ class KeepStep2(TrainerCallback):
 def instrumented_run(model_dir, out_dir, log_dir, world_size: int, per_device: int) -> dict:
     """``train_lora`` with the recording stand-ins in place (restored afterwards); returns and writes the record."""
     rec.update(micro=[], writes=[], order=None)
-    names = ("ItemDataset", "ItemCollator", "StreamSampler", "_trainer_class", "_write_json", "atomic_dir")
+    names = ("ItemDataset", "ItemCollator", "StreamSampler", "_trainer_class", "write_json", "atomic_dir")
     saved = {n: getattr(T, n) for n in names}
+    saved_run_file_writer = C.write_json  # the run folder's run.json is written by nesylib.checkpoints
     T.ItemDataset, T.ItemCollator, T.StreamSampler = TaggingDataset, TaggingCollator, RecordingSampler
     T._trainer_class = recording_trainer_class
-    T._write_json = recording(saved["_write_json"], "_write_json")
+    T.write_json = recording(saved["write_json"], "write_json")
+    C.write_json = recording(saved_run_file_writer, "write_json")
     T.atomic_dir = recording(saved["atomic_dir"], "atomic_dir")
     try:
         res = T.train_lora(model_dir, examples(), config(world_size, per_device), out_dir, resume=False,
@@ -120,6 +123,7 @@ def instrumented_run(model_dir, out_dir, log_dir, world_size: int, per_device: i
     finally:
         for n, v in saved.items():
             setattr(T, n, v)
+        C.write_json = saved_run_file_writer
     rec["result"] = {"adapter_dir": str(res.adapter_dir), "metrics": res.metrics, "cached": res.cached}
     Path(log_dir).mkdir(parents=True, exist_ok=True)
     Path(log_dir, f"rank{rank}.json").write_text(json.dumps(rec, default=str))

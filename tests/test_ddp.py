@@ -18,7 +18,7 @@ from nesylib.errors import ConfigError
 from nesylib.prompts import Example
 from nesylib.sft_data import StreamSampler, item_order
 from nesylib.students import student_dir
-from nesylib.train import (Stage, TrainConfig, _fingerprint, group_weighted_ce, load_student, steps_for,
+from nesylib.train import (Stage, TrainConfig, fingerprint, group_weighted_ce, load_student, steps_for,
                            target_token_norms, train_lora)
 
 HERE = Path(__file__).resolve().parent
@@ -40,10 +40,10 @@ def test_global_batch_counts_processes_and_world_size_1_keeps_every_key():
     assert TrainConfig(per_device_batch=8, grad_accum=2, world_size=4).global_batch == 64
     stages = [Stage(_ex(4), 0, "main")]
     # computed before world_size existed: trained students keep their fingerprint and their folder
-    assert _fingerprint("m", stages, TrainConfig(), None) == "c43d72f8b62fc70a"
-    assert _fingerprint("m", stages, TrainConfig(world_size=1), None) == "c43d72f8b62fc70a"
+    assert fingerprint("m", stages, TrainConfig(), None) == "c43d72f8b62fc70a"
+    assert fingerprint("m", stages, TrainConfig(world_size=1), None) == "c43d72f8b62fc70a"
     assert student_dir("/r", "std", _ex(4), TrainConfig(world_size=1), "m").name == "std-575cfc4f05478e12"
-    assert _fingerprint("m", stages, TrainConfig(world_size=2), None) != "c43d72f8b62fc70a"
+    assert fingerprint("m", stages, TrainConfig(world_size=2), None) != "c43d72f8b62fc70a"
     assert student_dir("/r", "std", _ex(4), TrainConfig(world_size=2), "m").name != "std-575cfc4f05478e12"
     with pytest.raises(ConfigError, match="world_size"):
         TrainConfig(world_size=0).validate()
@@ -199,9 +199,9 @@ def test_two_processes_train_what_one_process_trains(tiny_model_dir, tmp_path, m
 
     # only the main process wrote (the Trainer's checkpoints too), both returned the same result
     assert ranks[1]["writes"] == []
-    assert ranks[0]["writes"] == single["writes"] == ["_write_json run.json", "Trainer._save checkpoint-2",
+    assert ranks[0]["writes"] == single["writes"] == ["write_json run.json", "Trainer._save checkpoint-2",
                                                       "Trainer._save checkpoint-4", "atomic_dir adapter",
-                                                      "_write_json train_result.json"]
+                                                      "write_json train_result.json"]
     assert ranks[0]["result"] == ranks[1]["result"]
     assert json.loads((two / "train_result.json").read_text()) == m2
     # each process keeps its own RNG state in a checkpoint (exact resume); rank 0 writes everything else

@@ -17,7 +17,7 @@ from nesylib.errors import ConfigError
 from nesylib.generate import generate_batch
 from nesylib.prompts import Example
 from nesylib.students import student_dir, train_config
-from nesylib.train import (REPORT_TO_PACKAGES, Stage, TrainConfig, _fingerprint, _training_args, check_report_to,
+from nesylib.train import (REPORT_TO_PACKAGES, Stage, TrainConfig, fingerprint, _training_args, check_report_to,
                            load_student, train_lora)
 
 PROMPTS = ["Question 3: what is 3 plus 3?\nAnswer: ", "Question 11: what is 11 plus 11?\nAnswer: ",
@@ -174,15 +174,15 @@ def test_installed_integration_packages_pass(monkeypatch):
 
 def test_report_to_leaves_fingerprint_and_student_folder_unchanged():
     stages = [Stage(_std(4), 0, "main")]
-    default = _fingerprint("base-model", stages, TrainConfig(), None)
+    default = fingerprint("base-model", stages, TrainConfig(), None)
     for rt in ("tensorboard", ["wandb", "mlflow"]):
-        assert _fingerprint("base-model", stages, TrainConfig(report_to=rt), None) == default
+        assert fingerprint("base-model", stages, TrainConfig(report_to=rt), None) == default
     # computed with the code before report_to existed: already-trained students keep their fingerprint and folder
     assert default == "5846379e308f2cc6"
     folder = student_dir("/r", "std", _std(4), TrainConfig(report_to="tensorboard"), "base-model")
     assert folder == student_dir("/r", "std", _std(4), TrainConfig(), "base-model")
     assert folder.name == "std-8ad811986091943f"
-    assert _fingerprint("base-model", stages, TrainConfig(lr=1e-3), None) != default  # weights settings still count
+    assert fingerprint("base-model", stages, TrainConfig(lr=1e-3), None) != default  # weights settings still count
 
 
 def test_training_arguments_receive_report_to(tmp_path):

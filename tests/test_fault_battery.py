@@ -483,7 +483,7 @@ CKPT_CASES = [
 
 @pytest.mark.parametrize("name, drop, torn, expected", CKPT_CASES, ids=[c[0] for c in CKPT_CASES])
 def test_resume_picks_the_newest_complete_checkpoint(name, drop, torn, expected, tmp_path, caplog):
-    from nesylib.train import _prepare_out_dir
+    from nesylib.checkpoints import prepare_out_dir
 
     out = tmp_path / "run"
     out.mkdir()
@@ -491,7 +491,7 @@ def test_resume_picks_the_newest_complete_checkpoint(name, drop, torn, expected,
     _fake_checkpoint(out, 2)
     _fake_checkpoint(out, 4, drop, torn)
     with caplog.at_level(logging.WARNING, logger="nesylib.train"):
-        cached, last = _prepare_out_dir(out, "fp", True, {})
+        cached, last = prepare_out_dir(out, "fp", True, {})
     assert cached is None and last is not None and last.name == expected
     assert expected in caplog.text
     if expected != "checkpoint-4":
@@ -500,13 +500,13 @@ def test_resume_picks_the_newest_complete_checkpoint(name, drop, torn, expected,
 
 
 def test_only_incomplete_checkpoints_start_afresh(tmp_path):
-    from nesylib.train import _prepare_out_dir
+    from nesylib.checkpoints import prepare_out_dir
 
     out = tmp_path / "run"
     out.mkdir()
     (out / "run.json").write_text(json.dumps({"fingerprint": "fp"}))
     _fake_checkpoint(out, 2, "trainer_state.json")
-    assert _prepare_out_dir(out, "fp", True, {}) == (None, None)
+    assert prepare_out_dir(out, "fp", True, {}) == (None, None)
     assert not list(out.glob("checkpoint-*"))
 
 

@@ -11,7 +11,7 @@ from nesylib.errors import ConfigError
 from nesylib.prompts import Example
 from nesylib.sft_data import ItemCollator, encode_items, encode_pair, item_order
 from nesylib.train import (Stage, TrainConfig, group_weighted_ce, load_student, merge_adapter, pick_backend,
-                           split_steps, steps_for, train_lora)
+                           steps_for, train_lora)
 
 
 def _cfg(**kw):
@@ -142,9 +142,7 @@ def test_resume_after_kill_matches_uninterrupted(tiny_model_dir, tmp_path):
 
 
 def test_stages_share_one_schedule_and_reports(tiny_model_dir, tmp_path):
-    assert split_steps(10, 3) == [3, 3, 4] and steps_for(33, 10, TrainConfig()) == 11
-    with pytest.raises(ConfigError):
-        split_steps(2, 3)
+    assert steps_for(33, 10, TrainConfig()) == 11
     order = item_order(4, 10, seed=42, stage=0)
     assert sorted(order[:4]) == [0, 1, 2, 3] and sorted(order[4:8]) == [0, 1, 2, 3]  # whole passes first
     assert order == item_order(4, 10, seed=42, stage=0) != item_order(4, 10, seed=43, stage=0)
