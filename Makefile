@@ -15,7 +15,7 @@ VENV := .venv
 STAMPS := $(VENV)
 endif
 BIN := $(VENV)/bin
-# The kernel the notebooks name in their metadata (kernelspec "python3", scripts/nbtool.py). It is
+# The kernel the notebooks name in their metadata (kernelspec "python3", set by scripts/nbtool.py). It is
 # registered inside the environment (--sys-prefix) with the environment's own python, so papermill and a
 # JupyterLab started from the environment (make lab) both run the notebooks on it.
 KERNEL := python3

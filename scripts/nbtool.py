@@ -1,52 +1,92 @@
-"""Write a notebook from a list of cells (markdown strings start with '#md').
+"""Build the committed notebooks from their sources, ``notebooks/<name>.py`` in jupytext's percent format.
 
-Used to author the committed notebooks: ``cells`` is a list of source strings; the one that starts
-with '# parameters' gets the papermill ``parameters`` tag. Notebooks are written without outputs.
+    .venv/bin/python scripts/nbtool.py            # rebuild every notebooks/*.ipynb from its .py
+    .venv/bin/python scripts/nbtool.py --check    # exit 1 naming each notebook that differs from its source
+
+The ``.py`` file is the source a linter, a type checker and a diff read: cells start at ``# %%`` lines,
+``# %% [markdown]`` cells hold markdown as ``# ``-prefixed comment lines, and the cell tagged
+``parameters`` (``# %% tags=["parameters"]``) is papermill's parameters cell. jupytext reads the same
+files (``make lab`` pairs them, notebooks/jupytext.toml). The ``.ipynb`` is written without outputs, with
+fixed cell ids and metadata, so the same source always gives the same bytes (the runner's cache keys
+hash the notebook).
 """
 from __future__ import annotations
 
+import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
 import nbformat
 
-
 REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = REPO / "notebooks"
+_HEADER = re.compile(r"^# %%(?P<rest>.*)$")
 
 
-def write_notebook(path: str | Path, cells: list[str]) -> None:
-    # NESYLIB_NOTEBOOK_DIR redirects the output (tests rebuild every notebook there and compare)
-    out_root = os.environ.get("NESYLIB_NOTEBOOK_DIR")
-    path = Path(out_root) / Path(path).name if out_root else REPO / path
+def read_percent(path: Path) -> list[tuple[str, str, list[str]]]:
+    """(cell type, source, tags) per cell of a percent-format script."""
+    cells: list[tuple[str, str, list[str]]] = []
+    kind, tags, lines = None, [], []
+
+    def close():
+        if kind is None:
+            if any(line.strip() for line in lines):
+                raise SystemExit(f"{path}: text before the first '# %%' cell marker")
+            return
+        text = "\n".join(lines).strip("\n")
+        if kind == "markdown":
+            body = []
+            for n, line in enumerate(text.split("\n")):
+                if line != "#" and not line.startswith("# "):
+                    raise SystemExit(f"{path}: markdown cell {len(cells)}: line {n + 1} is not a '# ' comment: {line!r}")
+                body.append(line[2:])
+            text = "\n".join(body)
+        cells.append((kind, text, tags))
+
+    for line in path.read_text(encoding="utf-8").split("\n"):
+        m = _HEADER.match(line)
+        if m is None:
+            lines.append(line)
+            continue
+        close()
+        rest = m.group("rest").strip()
+        kind = "markdown" if rest.startswith("[markdown]") else "code"
+        tags = re.findall(r'"([^"]+)"', rest.split("tags=", 1)[1]) if "tags=" in rest else []
+        lines = []
+    close()
+    return cells
+
+
+def build(source: Path, out_dir: Path | None = None) -> Path:
+    """Write ``<out_dir or notebooks>/<source stem>.ipynb`` from ``source``; refuse a bad parameters cell."""
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
-    for src in cells:
-        src = src.strip("\n")
-        if src.startswith("#md"):
-            nb.cells.append(nbformat.v4.new_markdown_cell(src[3:].lstrip("\n")))
-        else:
-            cell = nbformat.v4.new_code_cell(src)
-            if src.startswith("# parameters"):
-                cell.metadata["tags"] = ["parameters"]
-            nb.cells.append(cell)
+    for kind, text, tags in read_percent(source):
+        cell = nbformat.v4.new_markdown_cell(text) if kind == "markdown" else nbformat.v4.new_code_cell(text)
+        if tags:
+            cell.metadata["tags"] = tags
+        nb.cells.append(cell)
     for i, c in enumerate(nb.cells):
         c["id"] = f"c{i:02d}"
-    nbformat.write(nb, str(path))
-    _check_parameters(path, cells)
+    target = (out_dir or NOTEBOOKS) / f"{source.stem}.ipynb"
+    nbformat.write(nb, str(target))
+    _check_parameters(target, nb)
+    return target
 
 
-def _check_parameters(path: Path, cells: list[str]) -> None:
+def _check_parameters(path: Path, nb) -> None:
     """papermill silently ignores parameter lines it cannot parse (e.g. '=' in a comment, or an annotation
     such as ``int | None`` that its pattern does not take): refuse them, and refuse a parameter without a
     type annotation (``name: type = default  # help``; ``--help-notebook`` and ``nesylib params`` show it)."""
     import papermill as pm
 
-    src = next((c for c in cells if c.strip("\n").startswith("# parameters")), None)
-    if src is None:
-        raise SystemExit(f"{path}: no parameters cell")
-    names = {line.split("=")[0].split(":")[0].strip() for line in src.splitlines()
+    src = [c.source for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    if len(src) != 1:
+        raise SystemExit(f"{path}: needs exactly one cell tagged parameters, found {len(src)}")
+    names = {line.split("=")[0].split(":")[0].strip() for line in src[0].splitlines()
              if "=" in line and not line.startswith("#")}
     parsed = pm.inspect_notebook(str(path))
     if names != set(parsed):
@@ -56,5 +96,36 @@ def _check_parameters(path: Path, cells: list[str]) -> None:
         raise SystemExit(f"{path}: parameter(s) {untyped} have no type annotation (write `name: type = default`)")
 
 
+def sources() -> list[Path]:
+    return sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py"))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("sources", nargs="*", type=Path, help="percent scripts (default: every notebooks/NN_*.py)")
+    ap.add_argument("--check", action="store_true", help="build into a temporary folder and compare, write nothing")
+    args = ap.parse_args(argv)
+    todo = args.sources or sources()
+    if not args.check:
+        for s in todo:
+            print(build(s).relative_to(REPO))
+        return 0
+    import tempfile
+
+    stale = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for s in todo:
+            built = build(s, Path(tmp))
+            committed = s.with_suffix(".ipynb")
+            if not committed.is_file() or committed.read_bytes() != built.read_bytes():
+                stale.append(committed.name)
+    if stale:
+        print(f"differ from their .py source (rebuild: .venv/bin/python scripts/nbtool.py): {', '.join(stale)}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit("import write_notebook from this module")
+    os.chdir(REPO)
+    sys.exit(main())

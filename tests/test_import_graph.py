@@ -1,6 +1,7 @@
 """The package's import graph has no cycles, counting imports inside functions too: two modules
 that import each other (even lazily) are one module split in the wrong place."""
 import ast
+import importlib.util
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "nesylib"
@@ -67,3 +68,43 @@ def test_no_import_cycles():
 
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def _missing_nesylib_names(source: str, name: str) -> list[str]:
+    """'file:line: module.name' for each name that ``source`` imports from nesylib, or reads as an attribute of
+    an imported nesylib module (``runs.write_json``), which the package does not have."""
+    import importlib
+
+    tree = ast.parse(source, name)  # also: the source is valid Python
+    modules, missing = {}, []  # local name -> imported nesylib module
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "nesylib":
+            mod = importlib.import_module(node.module)
+            for a in node.names:
+                if hasattr(mod, "__path__") and importlib.util.find_spec(f"{node.module}.{a.name}") is not None:
+                    modules[a.asname or a.name] = importlib.import_module(f"{node.module}.{a.name}")
+                elif not hasattr(mod, a.name):
+                    missing.append(f"{name}:{node.lineno}: {node.module}.{a.name}")
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] == "nesylib" and a.asname:
+                    modules[a.asname] = importlib.import_module(a.name)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules:
+            mod = modules[node.value.id]
+            if not hasattr(mod, node.attr):
+                missing.append(f"{name}:{node.lineno}: {mod.__name__}.{node.attr}")
+    return missing
+
+
+def test_the_notebooks_use_what_the_package_has():
+    """The notebooks' sources (notebooks/*.py) are code the import graph sees: every nesylib name they import
+    or read exists, so moving or renaming a function fails here rather than in a notebook kernel."""
+    missing = []
+    for src in sorted((PKG.parent / "notebooks").glob("[0-9][0-9]_*.py")):
+        missing += _missing_nesylib_names(src.read_text(), src.name)
+    assert not missing, missing
+    assert _missing_nesylib_names("from nesylib import runs\nruns.write_json\nruns.no_such_helper\n", "x.py") \
+        == ["x.py:3: nesylib.runs.no_such_helper"]
+    assert _missing_nesylib_names("from nesylib.train import no_such_name\n", "y.py") == \
+        ["y.py:1: nesylib.train.no_such_name"]

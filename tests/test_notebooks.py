@@ -142,20 +142,40 @@ def test_export_copies_tables_and_figures_only(tmp_path):
 
 
 def test_committed_notebooks_equal_their_sources(tmp_path):
-    """The notebooks are built from scripts/nb_*.py: a notebook edited by hand, or a source changed
-    without rebuilding, fails here (rebuild with `.venv/bin/python scripts/nb_<name>.py`)."""
-    import os
+    """Each notebook is built from notebooks/<name>.py (percent format) by scripts/nbtool.py: a notebook edited
+    by hand, or a source changed without rebuilding, fails here (rebuild: `.venv/bin/python scripts/nbtool.py`)."""
     import sys
 
-    scripts = sorted((ROOT / "scripts").glob("nb_*.py"))
-    assert len(scripts) == len(NOTEBOOKS)
-    env = {**os.environ, "NESYLIB_NOTEBOOK_DIR": str(tmp_path)}
-    for script in scripts:
-        subprocess.run([sys.executable, str(script)], check=True, env=env, cwd=ROOT, capture_output=True)
-    for nb in NOTEBOOKS:
-        built = tmp_path / nb.name
-        assert built.is_file(), f"no script builds {nb.name}"
-        assert built.read_bytes() == nb.read_bytes(), f"{nb.name} differs from its source in scripts/"
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import nbtool
+
+    sources = nbtool.sources()
+    assert [p.stem for p in sources] == sorted(nb.stem for nb in NOTEBOOKS)
+    for src in sources:
+        built = nbtool.build(src, tmp_path)
+        assert built.read_bytes() == (ROOT / "notebooks" / built.name).read_bytes(), \
+            f"{built.name} differs from its source {src.name}"
+    stale = subprocess.run([sys.executable, "scripts/nbtool.py", "--check"], cwd=ROOT, capture_output=True, text=True)
+    assert stale.returncode == 0, stale.stderr
+
+
+def test_the_sources_read_as_jupytext_reads_them(tmp_path):
+    """The .py sources are jupytext's percent format (notebooks/jupytext.toml pairs them in JupyterLab): jupytext
+    finds the same cells, kinds, sources and tags as nbtool; and a changed source makes --check fail."""
+    import sys
+
+    import jupytext
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import nbtool
+
+    for src in nbtool.sources():
+        theirs = [(c.cell_type, c.source, list(c.metadata.get("tags", []))) for c in jupytext.read(src, fmt="py:percent").cells]
+        assert theirs == nbtool.read_percent(src), src.name
+    changed = tmp_path / "00_data.py"
+    changed.write_text((ROOT / "notebooks" / "00_data.py").read_text().replace("seed: int = 42", "seed: int = 43"))
+    (tmp_path / "00_data.ipynb").write_bytes((ROOT / "notebooks" / "00_data.ipynb").read_bytes())
+    assert nbtool.main(["--check", str(changed)]) == 1
 
 
 # ------------------------------------------------------------------ the smoke run's numbers, stored

@@ -1,29 +1,28 @@
-from nbtool import write_notebook
+# %% [markdown]
+# # 08 · A controlled knowledge-sparse benchmark: where each method wins and loses
+#
+# At 135M parameters and CPU budgets, BBH cannot separate the distillation methods (calibration.md). This
+# notebook uses the generated benchmark of `nesylib.synth`, where the papers' premise holds by construction:
+# every fact of an invented world (units, mentors, homes, provinces, cloak rules) appears in at most three
+# training questions, and test questions combine training facts in new ways (`ood`: with new templates).
+# No pretrained model can know a single fact, so a student must either have absorbed the facts during
+# training or be handed them at test time.
+#
+# | id | method | what the student sees at test time |
+# |---|---|---|
+# | `std` | Std-CoT: question → teacher CoT | the question |
+# | `kard` | KARD: BM25 top-k passages of the train items' knowledge (D19) | passages + question |
+# | `nesycd` | NesyCD: S_P = Std-CoT → errors on train → KB of teacher analyses → S_E (D14) | top KB entry + question |
+# | `skintern` | SKIntern: knowledge + demos decaying over stages 0..T, one adapter (D15-D17) | the question |
+# | `ft`, `mt-cot`, `mt-re`, `cascod`, `kaft`, `base` | the other baselines (method.md §5) | as in notebook 05 |
+#
+# The teacher is programmatic (`SynthTeacher`): correct rationales, error analyses that name the needed
+# facts, and per-question knowledge, each only for training questions. The benchmark's parameters are the
+# `SynthConfig` defaults, fixed and documented before any result (nesylib/synth/world.py); `synth_config`
+# selects them (`"default"`), the tiny test world (`"smoke"`), or overrides.
 
-write_notebook("notebooks/08_synthetic_benchmark.ipynb", [
-    """#md
-# 08 · A controlled knowledge-sparse benchmark: where each method wins and loses
-
-At 135M parameters and CPU budgets, BBH cannot separate the distillation methods (calibration.md). This
-notebook uses the generated benchmark of `nesylib.synth`, where the papers' premise holds by construction:
-every fact of an invented world (units, mentors, homes, provinces, cloak rules) appears in at most three
-training questions, and test questions combine training facts in new ways (`ood`: with new templates).
-No pretrained model can know a single fact, so a student must either have absorbed the facts during
-training or be handed them at test time.
-
-| id | method | what the student sees at test time |
-|---|---|---|
-| `std` | Std-CoT: question → teacher CoT | the question |
-| `kard` | KARD: BM25 top-k passages of the train items' knowledge (D19) | passages + question |
-| `nesycd` | NesyCD: S_P = Std-CoT → errors on train → KB of teacher analyses → S_E (D14) | top KB entry + question |
-| `skintern` | SKIntern: knowledge + demos decaying over stages 0..T, one adapter (D15-D17) | the question |
-| `ft`, `mt-cot`, `mt-re`, `cascod`, `kaft`, `base` | the other baselines (method.md §5) | as in notebook 05 |
-
-The teacher is programmatic (`SynthTeacher`): correct rationales, error analyses that name the needed
-facts, and per-question knowledge, each only for training questions. The benchmark's parameters are the
-`SynthConfig` defaults, fixed and documented before any result (nesylib/synth/world.py); `synth_config`
-selects them (`"default"`), the tiny test world (`"smoke"`), or overrides.""",
-    """# parameters
+# %% tags=["parameters"]
+# parameters
 from typing import Optional, Union
 preset: str = "adhoc"
 run_root: Optional[str] = None
@@ -48,8 +47,10 @@ se_step_budget: str = "own"           # NesyCD S_E steps: "own" (an epoch of its
 kard_k: int = 3                       # KARD: passages per question
 kard_keep_own: float = 0.0            # KARD: share of training items whose own passage may be retrieved (D19: 0)
 demo_items_per_task: Optional[int] = None  # NesyCD: S_P answers at most this many train questions per task; None: all
-min_knowledge_share: float = 0.5      # stop when the teacher gives usable knowledge (or KB analyses) for fewer items""",
-    """import json
+min_knowledge_share: float = 0.5      # stop when the teacher gives usable knowledge (or KB analyses) for fewer items
+
+# %%
+import json
 import time
 
 import matplotlib.pyplot as plt
@@ -83,10 +84,13 @@ from nesylib.methods import check_methods
 check_methods(methods)
 cfg = students.train_config({**train, **train_overrides})
 t_start = time.time()
-print(f"backend {backend}; methods {methods}; train config {cfg}")""",
-    """#md
-## 1. The benchmark (seeded; written to `benchmark/` with the world)""",
-    """config = sx.resolve_config(synth_config)
+print(f"backend {backend}; methods {methods}; train config {cfg}")
+
+# %% [markdown]
+# ## 1. The benchmark (seeded; written to `benchmark/` with the world)
+
+# %%
+config = sx.resolve_config(synth_config)
 world = synth.generate_world(config)
 bench = synth.generate_benchmark(config, world)
 synth.save_benchmark(bench, ctx.path("benchmark"), world)
@@ -96,17 +100,23 @@ evals = sx.eval_records(bench, eval_per_task_synth, seed)
 eval_features = pd.DataFrame([sx.item_features(r) for r in evals])
 print(f"{len(world.facts)} facts; evaluated items: {len(evals)} "
       f"({dict(eval_features.split.value_counts())})")
-pd.DataFrame({k: [json.dumps(v)] for k, v in desc.items()}).T.rename(columns={0: "value"})""",
-    """#md
-How often the facts an evaluation question needs were seen in training (`min_exposure`: the fewest training
-questions stating one of its facts), by split and number of hops:""",
-    """eval_features.groupby(["split", "hops", "min_exposure"]).size().unstack(fill_value=0)""",
-    """#md
-## 2. Teacher outputs (train questions only) and the students
+pd.DataFrame({k: [json.dumps(v)] for k, v in desc.items()}).T.rename(columns={0: "value"})
 
-`SynthTeacher` refuses test and ood records. Every method trains from the base student with the preset's
-recipe; adapters are cached under `students/` by their inputs.""",
-    """from transformers import AutoTokenizer
+# %% [markdown]
+# How often the facts an evaluation question needs were seen in training (`min_exposure`: the fewest training
+# questions stating one of its facts), by split and number of hops:
+
+# %%
+eval_features.groupby(["split", "hops", "min_exposure"]).size().unstack(fill_value=0)
+
+# %% [markdown]
+# ## 2. Teacher outputs (train questions only) and the students
+#
+# `SynthTeacher` refuses test and ood records. Every method trains from the base student with the preset's
+# recipe; adapters are cached under `students/` by their inputs.
+
+# %%
+from transformers import AutoTokenizer
 
 from nesylib import methods as mth
 from nesylib.curriculum import Schedule
@@ -136,24 +146,30 @@ if {"kard", "kaft", "skintern"} & set(methods):
                                            fix="the synthetic teacher (nesylib.synth.SynthTeacher) and synth_config")
     print(describe_summary(extra["knowledge"]))
     if knowledge:
-        print("a knowledge text:\\n" + next(iter(knowledge.values())))
+        print("a knowledge text:\n" + next(iter(knowledge.values())))
 
 
 def facts_of(record):
-    return sx.fact_texts(record, world)""",
-    """#md
-### The bounds: Std-CoT (no knowledge) and the oracle (exactly the needed facts in the prompt)
+    return sx.fact_texts(record, world)
 
-The oracle student trains and answers with the KARD prompt holding the facts each question needs, nothing
-else: it shows what this student and recipe can do with knowledge in the prompt, the ceiling for every
-knowledge method below.""",
-    """for m in [m for m in methods if m in mth.PLAIN]:
+# %% [markdown]
+# ### The bounds: Std-CoT (no knowledge) and the oracle (exactly the needed facts in the prompt)
+#
+# The oracle student trains and answers with the KARD prompt holding the facts each question needs, nothing
+# else: it shows what this student and recipe can do with knowledge in the prompt, the ceiling for every
+# knowledge method below.
+
+# %%
+for m in [m for m in methods if m in mth.PLAIN]:
     results[m] = mth.plain_method(lab, m, train_rows, eval_sets)
 if "oracle" in methods:
-    results["oracle"] = mth.oracle_method(lab, train_rows, eval_sets, facts_of)""",
-    """#md
-### NesyCD: S_P's errors on every training question → knowledge base → S_E → retrieval at test time""",
-    """if "nesycd" in methods:
+    results["oracle"] = mth.oracle_method(lab, train_rows, eval_sets, facts_of)
+
+# %% [markdown]
+# ### NesyCD: S_P's errors on every training question → knowledge base → S_E → retrieval at test time
+
+# %%
+if "nesycd" in methods:
     from nesylib.formats import examples_for
 
     sp_adapter = lab.fit("std", examples_for("std", train_rows))  # S_P is the Std-CoT student
@@ -169,24 +185,30 @@ if "oracle" in methods:
                        "kb_failures": len(kb.failures), "knowledge_check": kb_check}
     print(extra["nesycd"])
     if len(kb):
-        print("a KB entry:\\n" + kb.entries[0]["summary"])
+        print("a KB entry:\n" + kb.entries[0]["summary"])
     results["nesycd"] = mth.nesycd_student(lab, train_rows, kb, eval_sets, k_retrieve, k_insert,
                                            se_train_knowledge, se_keep_own, kb_index_text,
-                                           step_budget=se_step_budget)""",
-    """#md
-### KARD (and KA-FT): BM25 passages over the training items' knowledge (D19)
+                                           step_budget=se_step_budget)
 
-Passages are the supplementary-knowledge part of each training item's knowledge (the facts). A training item
-may retrieve its own passage for a seeded share `kard_keep_own` of the items, so that training prompts hold
-about as many of the needed facts as test prompts do (both are reported below).""",
-    """if {"kard", "kaft"} & set(methods):
+# %% [markdown]
+# ### KARD (and KA-FT): BM25 passages over the training items' knowledge (D19)
+#
+# Passages are the supplementary-knowledge part of each training item's knowledge (the facts). A training item
+# may retrieve its own passage for a seeded share `kard_keep_own` of the items, so that training prompts hold
+# about as many of the needed facts as test prompts do (both are reported below).
+
+# %%
+if {"kard", "kaft"} & set(methods):
     kard = KardKnowledge(train_rows, knowledge, k=kard_k, keep_own=kard_keep_own, seed=seed)
     print("a KARD passage:", kard.test(evals[0])[0])
     for m in [m for m in ("kard", "kaft") if m in methods]:
-        results[m] = mth.kard_method(lab, m, train_rows, eval_sets, kard)""",
-    """#md
-### SKIntern: knowledge and demos decay over the stages; the student answers from the question alone""",
-    """if "skintern" in methods:
+        results[m] = mth.kard_method(lab, m, train_rows, eval_sets, kard)
+
+# %% [markdown]
+# ### SKIntern: knowledge and demos decay over the stages; the student answers from the question alone
+
+# %%
+if "skintern" in methods:
     from nesylib.compress import make_compressor
 
     comp = make_compressor(compressor, model_name=student)
@@ -200,19 +222,22 @@ about as many of the needed facts as test prompts do (both are reported below)."
 results = {m: results[m] for m in methods if m in results}  # table order = the preset's order
 timing, train_metrics = lab.timing, lab.train_metrics
 timing["total_s"] = round(time.time() - t_start, 1)
-timing""",
-    """#md
-## 3. Results: accuracy with 95% bootstrap CIs, paired differences against Std-CoT
+timing
 
-Floors: chance (25% on the multiple-choice families, 0 on unit conversions, whose answers are free
-numbers) and a heuristic that picks the option occurring in the most training rationales together with a
-name from the question (multiple-choice items only; no reasoning, no fact chaining).
-`facts_in_output`: share of the needed fact sentences the student wrote; `facts_in_knowledge`: share
-contained in the knowledge inserted into the evaluated prompts, and `train facts in knowledge` the same share
-in the training prompts (knowledge methods). `derives`: the student's reasoning ends on the gold option's
-text (multiple choice; on free-number items it equals accuracy), whatever letter it then writes. `prefill`:
-MACs of the evaluated prompts relative to Std-CoT's question-only prompt.""",
-    """items = []
+# %% [markdown]
+# ## 3. Results: accuracy with 95% bootstrap CIs, paired differences against Std-CoT
+#
+# Floors: chance (25% on the multiple-choice families, 0 on unit conversions, whose answers are free
+# numbers) and a heuristic that picks the option occurring in the most training rationales together with a
+# name from the question (multiple-choice items only; no reasoning, no fact chaining).
+# `facts_in_output`: share of the needed fact sentences the student wrote; `facts_in_knowledge`: share
+# contained in the knowledge inserted into the evaluated prompts, and `train facts in knowledge` the same share
+# in the training prompts (knowledge methods). `derives`: the student's reasoning ends on the gold option's
+# text (multiple choice; on free-number items it equals accuracy), whatever letter it then writes. `prefill`:
+# MACs of the evaluated prompts relative to Std-CoT's question-only prompt.
+
+# %%
+items = []
 for m, res in results.items():
     items += sx.item_rows(m, res.result.rows, evals, world, res.inserted)
 runs.write_jsonl(ctx.path("items.jsonl"), items)
@@ -295,12 +320,15 @@ pretty = pd.DataFrame([{
     "facts in knowledge (train)": fmt(r.get("train_facts_in_knowledge")),
     "prefill": f"{r['prefill_vs_std']:.2f}x" if r.get("prefill_vs_std") else ""} for r in rows])
 ctx.path("synth_results.md").write_text(
-    f"Synthetic benchmark, student {student}, {len(evals)} items (accuracy %, 95% CI)\\n\\n"
+    f"Synthetic benchmark, student {student}, {len(evals)} items (accuracy %, 95% CI)\n\n"
     + sx.markdown_table(pretty.to_dict("records"), list(pretty.columns)))
-pretty""",
-    """#md
-### Where each method wins and loses: by fact exposure, hops, family, split""",
-    """def pivot(df, col):
+pretty
+
+# %% [markdown]
+# ### Where each method wins and loses: by fact exposure, hops, family, split
+
+# %%
+def pivot(df, col):
     t = df.assign(acc=lambda d: d.apply(lambda r: f"{100 * r.accuracy:.0f} [{100 * r.ci_low:.0f}, "
                                                    f"{100 * r.ci_high:.0f}] n={r.n}", axis=1))
     return t.pivot(index="method", columns=col, values="acc")
@@ -313,28 +341,37 @@ by_split_exposure = sx.accuracy_by(items, ["split", "min_exposure"])
 for name, df, col in (("min_exposure (test + ood)", by_exposure, "min_exposure"), ("hops", by_hops, "hops"),
                       ("family", by_task, "task")):
     print(name)
-    display(pivot(df, col))""",
-    """#md
-Wins and losses against Std-CoT on the same items (paired bootstrap difference, percentage points):""",
-    """wins = pd.concat([sx.paired_vs(items, "std", by=g).rename(columns={g: "group"}).assign(by=g)
+    display(pivot(df, col))
+
+# %% [markdown]
+# Wins and losses against Std-CoT on the same items (paired bootstrap difference, percentage points):
+
+# %%
+wins = pd.concat([sx.paired_vs(items, "std", by=g).rename(columns={g: "group"}).assign(by=g)
                   for g in ("min_exposure", "hops", "task")]) if "std" in results else pd.DataFrame()
 if len(wins):
     display(wins.assign(diff=lambda d: d.apply(lambda r: f"{100 * r['diff']:+.0f} [{100 * r.ci_low:+.0f}, "
                                                         f"{100 * r.ci_high:+.0f}]", axis=1))
-            .pivot(index=["by", "group"], columns="method", values="diff"))""",
-    """#md
-Retrieval methods: accuracy when the inserted knowledge contains every needed fact, some, or none.""",
-    """retr = items_df[items_df.method.isin([m for m, r in results.items() if r.inserted])].copy()
+            .pivot(index=["by", "group"], columns="method", values="diff"))
+
+# %% [markdown]
+# Retrieval methods: accuracy when the inserted knowledge contains every needed fact, some, or none.
+
+# %%
+retr = items_df[items_df.method.isin([m for m, r in results.items() if r.inserted])].copy()
 if len(retr):
     retr["knowledge_has"] = pd.cut(retr.facts_in_knowledge, [-0.01, 0.0, 0.999, 1.0], labels=["none", "some", "all"])
     by_coverage = retr.groupby(["method", "knowledge_has"], observed=True).agg(
         n=("correct", "size"), accuracy=("correct", "mean")).reset_index()
     display(by_coverage)
 else:
-    by_coverage = pd.DataFrame()""",
-    """#md
-## 4. Plots""",
-    """labels = [mth.label(m) for m in results]
+    by_coverage = pd.DataFrame()
+
+# %% [markdown]
+# ## 4. Plots
+
+# %%
+labels = [mth.label(m) for m in results]
 fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * len(results) + 2), sharey=True)
 for ax, s in zip(axes, ("test", "ood")):
     for i, m in enumerate(results):
@@ -365,8 +402,10 @@ ax.legend(fontsize=8)
 ax.set_title("Accuracy vs fact exposure (the co-occurrence heuristic: MC items only)")
 fig.tight_layout()
 fig.savefig(ctx.path("accuracy_vs_exposure.png"), dpi=120)
-plt.show()""",
-    """def records(df):
+plt.show()
+
+# %%
+def records(df):
     return json.loads(df.to_json(orient="records")) if len(df) else []
 
 
@@ -377,5 +416,4 @@ ctx.save_results({
     "by_split_exposure": records(by_split_exposure), "retrieval_coverage": records(by_coverage),
     "paired_by_group": records(wins), "train_coverage": train_coverage,
     "train_metrics": train_metrics, "extra": extra, "timing": timing,
-    "generation_caps": dict(spec.max_new_tokens_by_task) if max_new_tokens is None else max_new_tokens})""",
-])
+    "generation_caps": dict(spec.max_new_tokens_by_task) if max_new_tokens is None else max_new_tokens})

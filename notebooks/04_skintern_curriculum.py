@@ -1,30 +1,29 @@
-from nbtool import write_notebook
+# %% [markdown]
+# # 04 · SKIntern: internalising knowledge and demonstrations through a curriculum
+#
+# SKIntern (method.md §4) trains the student on prompts that start rich and end bare:
+#
+# 1. **Knowledge.** A teacher writes a *Learning Summary* and *Supplementary Knowledge* for every training item
+#    from its question and gold answer (§4.2). They are saved as `knowledge.jsonl` (notebook 05's KARD retrieves
+#    over them, D19).
+# 2. **Compression.** Each item's knowledge is compressed once per stage t = 0..T to keep-ratio ρ_t = 1 − t/T
+#    (D15; token-level, the words a small LM finds most informative, or LLMLingua-2 when installed).
+# 3. **Stage data.** The stage-t prompt (P-INTER) holds the stage-t knowledge and n_t demonstrations of the same
+#    task (n_t = max_demos · (1 − t/T)); prompts longer than the cutoff lose demos first, then knowledge words
+#    (D16). The last stage has neither, so its prompt *is* the inference prompt P-STD (D17).
+# 4. **Progressive fine-tuning.** One LoRA adapter, one optimiser and one cosine schedule run through all stages;
+#    the total steps equal the Std-CoT budget, split evenly over the stages (D17).
+# 5. **Inference** sees the question alone, which is where the claimed saving of up to 4× FLOPs comes from: the
+#    FLOPs section compares SKIntern's prompt with KARD-style and NesyCD-style knowledge-augmented prompts and
+#    with the stage-0 prompt on the same test items (prefill MACs, the authors' "tflops", D22).
+#
+# With `knowledge_backend="derived"` (the cpu and smoke default, no network) the knowledge is derived from each
+# item's own accepted teacher rationale — an offline stand-in, item-specific rather than a teacher's
+# generalisation, and reported as a deviation. `"openai"` / `"local"` ask an LLM (the key is read from the
+# environment variable named by `api_key_env`; every call is cached in `store_path`).
 
-write_notebook("notebooks/04_skintern_curriculum.ipynb", [
-    """#md
-# 04 · SKIntern: internalising knowledge and demonstrations through a curriculum
-
-SKIntern (method.md §4) trains the student on prompts that start rich and end bare:
-
-1. **Knowledge.** A teacher writes a *Learning Summary* and *Supplementary Knowledge* for every training item
-   from its question and gold answer (§4.2). They are saved as `knowledge.jsonl` (notebook 05's KARD retrieves
-   over them, D19).
-2. **Compression.** Each item's knowledge is compressed once per stage t = 0..T to keep-ratio ρ_t = 1 − t/T
-   (D15; token-level, the words a small LM finds most informative, or LLMLingua-2 when installed).
-3. **Stage data.** The stage-t prompt (P-INTER) holds the stage-t knowledge and n_t demonstrations of the same
-   task (n_t = max_demos · (1 − t/T)); prompts longer than the cutoff lose demos first, then knowledge words
-   (D16). The last stage has neither, so its prompt *is* the inference prompt P-STD (D17).
-4. **Progressive fine-tuning.** One LoRA adapter, one optimiser and one cosine schedule run through all stages;
-   the total steps equal the Std-CoT budget, split evenly over the stages (D17).
-5. **Inference** sees the question alone, which is where the claimed saving of up to 4× FLOPs comes from: the
-   FLOPs section compares SKIntern's prompt with KARD-style and NesyCD-style knowledge-augmented prompts and
-   with the stage-0 prompt on the same test items (prefill MACs, the authors' "tflops", D22).
-
-With `knowledge_backend="derived"` (the cpu and smoke default, no network) the knowledge is derived from each
-item's own accepted teacher rationale — an offline stand-in, item-specific rather than a teacher's
-generalisation, and reported as a deviation. `"openai"` / `"local"` ask an LLM (the key is read from the
-environment variable named by `api_key_env`; every call is cached in `store_path`).""",
-    """# parameters
+# %% tags=["parameters"]
+# parameters
 from typing import Optional
 preset: str = "adhoc"
 run_root: Optional[str] = None
@@ -54,8 +53,10 @@ compressor: str = "auto"                  # auto | self-info | truncate | llmlin
 compressor_model: Optional[str] = None    # self-info scorer; None: the student
 epochs_budget: Optional[float] = None     # None: the Std-CoT budget of train (its max_steps, else its epochs)
 stage_cutoff_len: Optional[int] = None    # None: train's cutoff_len; smaller caps the stage prompts (a cost knob)
-min_knowledge_share: float = 0.5          # stop when the writer gives usable knowledge for fewer of the training items""",
-    """import dataclasses
+min_knowledge_share: float = 0.5          # stop when the writer gives usable knowledge for fewer of the training items
+
+# %%
+import dataclasses
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -87,10 +88,13 @@ schedule = curriculum.Schedule(T=stages_T, kind=schedule_kind, max_demos=max_dem
 train_recs = experiment.load_training_set(ctx)
 eval_sets = experiment.select_eval(eval_per_task, bbh_tasks, seed, data_dir)
 print(f"backend {backend}; {len(train_recs)} training items; evaluation:", {k: len(v) for k, v in eval_sets.items()})
-pd.DataFrame(schedule.table())""",
-    """#md
-## 1 · Knowledge for every training item""",
-    """from nesylib.knowledge import describe_summary, generate_knowledge, require_knowledge
+pd.DataFrame(schedule.table())
+
+# %% [markdown]
+# ## 1 · Knowledge for every training item
+
+# %%
+from nesylib.knowledge import describe_summary, generate_knowledge, require_knowledge
 
 writer = nesycd.tutor_from_params(knowledge_backend, train_recs, knowledge_model, knowledge_base_url, api_key_env,
                                   store_path or ctx.store("knowledge_store.jsonl"), concurrency, budget_usd,
@@ -114,16 +118,21 @@ display(k_table)
 k_check = require_knowledge(len(train_recs), len(knowledge), k_failures, writer.name, min_knowledge_share,
                             "SKIntern knowledge (04)", fix="the knowledge writer's parameters (knowledge_backend, "
                             "knowledge_model, knowledge_base_url, api_key_env)")
-print(describe_summary(k_check))""",
-    """example = next((r for r in train_recs if r["uid"] in knowledge), None)
+print(describe_summary(k_check))
+
+# %%
+example = next((r for r in train_recs if r["uid"] in knowledge), None)
 if example is None:
     print("no training item has knowledge")
 else:
     print(example["uid"], "| gold:", example["answer"])
-    print(knowledge[example["uid"]])""",
-    """#md
-## 2 · Compression per stage (requested vs achieved keep-ratio)""",
-    """from transformers import AutoConfig, AutoTokenizer
+    print(knowledge[example["uid"]])
+
+# %% [markdown]
+# ## 2 · Compression per stage (requested vs achieved keep-ratio)
+
+# %%
+from transformers import AutoConfig, AutoTokenizer
 
 from nesylib.flops import model_dims
 from nesylib.models import resolve_model
@@ -134,16 +143,21 @@ comp = compress.make_compressor(compressor, model_name=compressor_model or stude
 k_stages, comp_report = compress.compress_stages(knowledge, schedule, comp, tokenizer=tok)
 del comp  # the scorer model is not needed any more
 print(f"compressor {comp_report[0]['compressor']} (requested {compressor!r})")
-pd.DataFrame(comp_report)""",
-    """if example is None or example["uid"] not in k_stages:
+pd.DataFrame(comp_report)
+
+# %%
+if example is None or example["uid"] not in k_stages:
     print("no knowledge to show per stage")
 else:
     for t in schedule.stages:
         print(f"--- stage {t} (keep {schedule.keep_ratio(t):.2f}) ---")
-        print(k_stages[example["uid"]][f"summarydec{t}"][:400])""",
-    """#md
-## 3 · Stage data: demonstrations, cutoff fitting and prompt cost per stage""",
-    """budget = skintern.training_budget(len(train_recs), cfg, stages_T, epochs_budget)
+        print(k_stages[example["uid"]][f"summarydec{t}"][:400])
+
+# %% [markdown]
+# ## 3 · Stage data: demonstrations, cutoff fitting and prompt cost per stage
+
+# %%
+budget = skintern.training_budget(len(train_recs), cfg, stages_T, epochs_budget)
 if budget["raised"]:
     print(f"the Std-CoT budget ({budget['std_cot_steps']} steps) is below one step per stage: "
           f"raised to {budget['total_steps']}")
@@ -155,13 +169,18 @@ plan = skintern.progressive_plan(train_recs, k_stages, schedule, budget["total_s
 assert [e.prompt for e in plan[-1].examples] == [prompts.std(r) for r in train_recs], "last stage must be P-STD"
 print(f"{budget['total_steps']} optimiser steps ({budget['source']}) over {len(plan)} stages: {budget['per_stage']}; "
       f"stage prompts fitted to {cutoff} tokens with the target")
-pd.DataFrame(skintern.plan_table(plan, comp_report, dims["n_linear"]))""",
-    """print(plan[0].examples[0].prompt[:1500] if plan and plan[0].examples else "no stage-0 examples")""",
-    """#md
-## 4 · Progressive fine-tuning: one adapter, one optimiser, one cosine schedule over all stages
+pd.DataFrame(skintern.plan_table(plan, comp_report, dims["n_linear"]))
 
-The loss is logged at every step (`logging_steps=1`) so that each stage's loss is its own.""",
-    """from nesylib.train import Stage
+# %%
+print(plan[0].examples[0].prompt[:1500] if plan and plan[0].examples else "no stage-0 examples")
+
+# %% [markdown]
+# ## 4 · Progressive fine-tuning: one adapter, one optimiser, one cosine schedule over all stages
+#
+# The loss is logged at every step (`logging_steps=1`) so that each stage's loss is its own.
+
+# %%
+from nesylib.train import Stage
 
 from nesylib import methods as mth
 
@@ -178,8 +197,10 @@ print(f"SKIntern: {out_dir.name} {'(cached)' if res.cached else ''} {res.metrics
       f"{res.metrics['seconds']} s, final loss {res.metrics['final_loss']}, truncation {res.metrics['truncation']}")
 stage_table = pd.DataFrame(stage_rows)
 stage_table.to_csv(ctx.path("stages.csv"), index=False)
-stage_table""",
-    """fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+stage_table
+
+# %%
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
 ax1.bar(stage_table.stage, stage_table.prompt_tokens_mean, color="tab:blue", label="prompt")
 ax1.bar(stage_table.stage, stage_table.target_tokens_mean, bottom=stage_table.prompt_tokens_mean, color="tab:gray",
         alpha=0.5, label="target")
@@ -197,25 +218,31 @@ ax2.set_ylabel("training loss")
 ax2.set_title("Progressive fine-tuning")
 fig.tight_layout()
 fig.savefig(ctx.path("stages.png"), dpi=120)
-plt.show()""",
-    """#md
-## 5 · Inference on the question alone (P-STD)""",
-    """result = lab.score("skintern", res.adapter_dir, eval_sets)  # P-STD: the question alone
+plt.show()
+
+# %% [markdown]
+# ## 5 · Inference on the question alone (P-STD)
+
+# %%
+result = lab.score("skintern", res.adapter_dir, eval_sets)  # P-STD: the question alone
 row = students.result_row("skintern", result, res.metrics, stages_T=stages_T, schedule=schedule_kind,
                           max_demos=max_demos, demo_mode=demo_mode, compressor=comp_report[0]["compressor"],
                           knowledge_writer=writer.name, train_steps=res.metrics["steps"])
 report.write_csv(pd.DataFrame([row]), ctx.path("skintern.csv"))
 pd.DataFrame([row])[["method"] + [c for c in row if c in eval_sets] + ["id_avg", "ood_avg", "no_answer_rate",
-                                                                      "prefill_tmacs"]]""",
-    """#md
-## 6 · Inference FLOPs: the question alone against knowledge-augmented prompts
+                                                                      "prefill_tmacs"]]
 
-On the same test items: SKIntern's P-STD, KARD's prompt (3 BM25 passages over this notebook's knowledge, D19),
-NesyCD's P-KB (when notebook 02's KB exists) and the stage-0 SKIntern prompt (the knowledge of the nearest training
-item and `max_demos` same-task demonstrations, fitted to the cutoff). *Prefill MACs* = N_linear × prompt tokens
-(the authors' "tflops", D22). *Inference FLOPs* add the generated tokens and attention; every style is given
-SKIntern's own generated-token counts, so that column isolates the prompt's share.""",
-    """test_recs = [r for recs in eval_sets.values() for r in recs]  # the order evaluate_student used
+# %% [markdown]
+# ## 6 · Inference FLOPs: the question alone against knowledge-augmented prompts
+#
+# On the same test items: SKIntern's P-STD, KARD's prompt (3 BM25 passages over this notebook's knowledge, D19),
+# NesyCD's P-KB (when notebook 02's KB exists) and the stage-0 SKIntern prompt (the knowledge of the nearest training
+# item and `max_demos` same-task demonstrations, fitted to the cutoff). *Prefill MACs* = N_linear × prompt tokens
+# (the authors' "tflops", D22). *Inference FLOPs* add the generated tokens and attention; every style is given
+# SKIntern's own generated-token counts, so that column isolates the prompt's share.
+
+# %%
+test_recs = [r for recs in eval_sets.values() for r in recs]  # the order evaluate_student used
 assert [x["prompt"] for x in result.rows] == [prompts.std(r) for r in test_recs]
 prompt_sets = {"skintern": [x["prompt"] for x in result.rows]}
 kard = experiment.KardKnowledge(train_recs, knowledge, k=3)
@@ -234,9 +261,13 @@ cost_rows = skintern.prompt_cost_table(prompt_sets, tok, dims, groups=[r["datase
                                        generated_tokens=[x["generated_tokens"] for x in result.rows])
 costs = pd.DataFrame(cost_rows)
 costs.to_csv(ctx.path("flops.csv"), index=False)
-costs[costs.group == "all"]""",
-    """costs.pivot(index="group", columns="prompt", values="prefill_ratio")""",
-    """fig, ax = plt.subplots(figsize=(8, 3.8))
+costs[costs.group == "all"]
+
+# %%
+costs.pivot(index="group", columns="prompt", values="prefill_ratio")
+
+# %%
+fig, ax = plt.subplots(figsize=(8, 3.8))
 overall = costs[costs.group == "all"].set_index("prompt")
 ax.bar(overall.index, overall.prefill_macs_mean / 1e9, color=["tab:green"] + ["tab:gray"] * (len(overall) - 1))
 for i, (name, r) in enumerate(overall.iterrows()):
@@ -245,8 +276,10 @@ ax.set_ylabel("prefill GMACs per test item")
 ax.set_title(f"Prompt cost relative to SKIntern's question-only prompt ({student})")
 fig.tight_layout()
 fig.savefig(ctx.path("flops.png"), dpi=120)
-plt.show()""",
-    """ratios = {name: r.prefill_ratio for name, r in overall.iterrows() if name != "skintern"}
+plt.show()
+
+# %%
+ratios = {name: r.prefill_ratio for name, r in overall.iterrows() if name != "skintern"}
 ctx.save_results({"rows": [row], "stages": stage_rows, "compression": comp_report, "budget": budget,
                   "knowledge": k_check | {"writer": writer.name, "calls": writer_calls,
                                           "min_knowledge_share": min_knowledge_share},
@@ -256,5 +289,4 @@ ctx.save_results({"rows": [row], "stages": stage_rows, "compression": comp_repor
                                                                 "truncation", "tokens_seen", "tokens_per_s")},
                   "adapter_dir": str(res.adapter_dir), "student": student, "backend": backend,
                   "train_config": dataclasses.asdict(train_cfg)})
-print("prefill MACs relative to SKIntern:", ratios)""",
-])
+print("prefill MACs relative to SKIntern:", ratios)

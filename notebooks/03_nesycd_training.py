@@ -1,22 +1,21 @@
-from nbtool import write_notebook
+# %% [markdown]
+# # 03 · NesyCD: the KB-augmented student S_E
+#
+# Steps 5–6 of NesyCD (method.md §3, D13–D14), on the KB that `02_kb_construction` wrote from S_P's errors.
+#
+# * **Training (D14).** S_E is LoRA-tuned *from the base model* (not from S_P) on one concatenated set with one
+#   cross-entropy loss: (a) every KB item in the P-KB prompt with its own analysis inserted (or, with
+#   `own_summary=False`, the best-matching *other* entry: leave-one-out retrieval), (b) every training item in
+#   P-STD (Direct CoT) and (c) every training item in P-FT (Answer Prediction). Same recipe as every student.
+# * **Inference.** Each test question (query `task_description + question`) retrieves the top `k_retrieve`
+#   entries; the first `k_insert` are inserted into P-KB. With no hit the prompt is plain P-STD. The optional
+#   confidence gate (off by default, D13; the question is in its prompt and decoding is greedy) lets confident
+#   items go without knowledge. OOD sets retrieve from the same in-domain KB, as the authors did.
+# * **Reported.** The NesyCD row of the main table; beside it S_P (= Std-CoT) and S_E answering without
+#   knowledge (P-STD), which isolates what retrieval at test time adds.
 
-write_notebook("notebooks/03_nesycd_training.ipynb", [
-    """#md
-# 03 · NesyCD: the KB-augmented student S_E
-
-Steps 5–6 of NesyCD (method.md §3, D13–D14), on the KB that `02_kb_construction` wrote from S_P's errors.
-
-* **Training (D14).** S_E is LoRA-tuned *from the base model* (not from S_P) on one concatenated set with one
-  cross-entropy loss: (a) every KB item in the P-KB prompt with its own analysis inserted (or, with
-  `own_summary=False`, the best-matching *other* entry: leave-one-out retrieval), (b) every training item in
-  P-STD (Direct CoT) and (c) every training item in P-FT (Answer Prediction). Same recipe as every student.
-* **Inference.** Each test question (query `task_description + question`) retrieves the top `k_retrieve`
-  entries; the first `k_insert` are inserted into P-KB. With no hit the prompt is plain P-STD. The optional
-  confidence gate (off by default, D13; the question is in its prompt and decoding is greedy) lets confident
-  items go without knowledge. OOD sets retrieve from the same in-domain KB, as the authors did.
-* **Reported.** The NesyCD row of the main table; beside it S_P (= Std-CoT) and S_E answering without
-  knowledge (P-STD), which isolates what retrieval at test time adds.""",
-    """# parameters
+# %% tags=["parameters"]
+# parameters
 from typing import Optional
 preset: str = "adhoc"
 run_root: Optional[str] = None
@@ -37,8 +36,10 @@ gate: bool = False                    # the confidence gate of method.md §3 ste
 gate_threshold: float = 68.0
 own_summary: bool = True              # False: training summaries by leave-one-out retrieval (D14 option)
 compare_sp: bool = True               # evaluate S_P on the same slices (stored beside S_P, so 05 can reuse it)
-ablation_no_knowledge: bool = True    # evaluate S_E once more with P-STD prompts""",
-    """import json
+ablation_no_knowledge: bool = True    # evaluate S_E once more with P-STD prompts
+
+# %%
+import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -73,10 +74,13 @@ train_recs = experiment.load_training_set(ctx)
 eval_sets = experiment.select_eval(eval_per_task, bbh_tasks, seed, data_dir)
 test_recs = [r for recs in eval_sets.values() for r in recs]
 print(f"backend {backend}; KB {len(kb)} entries (tutor {kb_info['tutor']}); {len(train_recs)} training items; "
-      "evaluation:", {k: len(v) for k, v in eval_sets.items()})""",
-    """#md
-## S_E: LoRA from the base model on KB errors (P-KB) + Direct CoT (P-STD) + Answer Prediction (P-FT)""",
-    """from nesylib import methods as mth
+      "evaluation:", {k: len(v) for k, v in eval_sets.items()})
+
+# %% [markdown]
+# ## S_E: LoRA from the base model on KB errors (P-KB) + Direct CoT (P-STD) + Answer Prediction (P-FT)
+
+# %%
+from nesylib import methods as mth
 
 lab = mth.Lab(student, cfg, ctx.dir.parent, ctx.dir, batch_size=eval_batch_size, max_new_tokens=max_new_tokens,
               seed=seed)
@@ -93,10 +97,13 @@ print(f"S_E: {se_adapter}; share of target tokens per format: {se_metrics.get('t
 shown = part_a[0] if part_a else (se_examples[0] if se_examples else None)
 if shown is not None:
     print("--- one P-KB training prompt ---" if part_a else "--- one training prompt (no P-KB example) ---")
-    print(shown.prompt[:1200])""",
-    """#md
-## Inference with retrieved knowledge""",
-    """gate_fn = None
+    print(shown.prompt[:1200])
+
+# %% [markdown]
+# ## Inference with retrieved knowledge
+
+# %%
+gate_fn = None
 if gate:
     from nesylib.kb import confidence_gate
     from nesylib.train import load_student
@@ -112,8 +119,10 @@ retrieval = pd.DataFrame([{
     "same_task_hit": bool(top[r["uid"]]) and kb.entries[top[r["uid"]][0]["docid"]]["task"] == r["task"],
 } for r in test_recs], columns=["dataset", "knowledge", "same_task_hit"]).groupby("dataset", sort=False).mean().round(3)
 retrieval.columns = ["share with knowledge inserted", "top hit from the same task"]
-retrieval""",
-    """# evaluations are stored beside their student (shared, reusable) and copied to eval/<name>/ here
+retrieval
+
+# %%
+# evaluations are stored beside their student (shared, reusable) and copied to eval/<name>/ here
 res_kb = lab.score("nesycd", se_adapter, eval_sets, knowledge=lambda r: knowledge[r["uid"]], name="kb")
 row = students.result_row("kb", res_kb, se_metrics, kb_entries=len(kb), tutor=kb_info["tutor"],
                           retriever=retriever, k_retrieve=k_retrieve, k_insert=k_insert, gate=gate,
@@ -129,10 +138,13 @@ else:
     print("--- a P-KB test prompt and S_E's answer ---" if prompts.KB_INTRO in sample["prompt"]
           else "--- a test prompt (no knowledge retrieved for any) and S_E's answer ---")
     print(sample["prompt"][-1200:])
-    print(">>>", sample["output"][:600])""",
-    """#md
-## What the knowledge adds: S_P vs S_E without knowledge vs S_E with the KB""",
-    """ablation = []
+    print(">>>", sample["output"][:600])
+
+# %% [markdown]
+# ## What the knowledge adds: S_P vs S_E without knowledge vs S_E with the KB
+
+# %%
+ablation = []
 if compare_sp:
     sp_adapter = kb_info["sp_adapter"]  # the S_P whose errors built this KB
     sp_metrics = json.loads((Path(sp_adapter).parent / "train_result.json").read_text())
@@ -145,8 +157,10 @@ if ablation_no_knowledge:
 ablation.append(row | {"method": "S_E with KB (NesyCD)", "variant": "se_kb"})
 ablation_table = pd.DataFrame(ablation)
 report.write_csv(ablation_table, ctx.path("ablation.csv"))
-ablation_table[["method"] + list(eval_sets) + ["id_avg", "ood_avg", "no_answer_rate", "prefill_tmacs"]]""",
-    """fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(eval_sets)), 3.8))
+ablation_table[["method"] + list(eval_sets) + ["id_avg", "ood_avg", "no_answer_rate", "prefill_tmacs"]]
+
+# %%
+fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(eval_sets)), 3.8))
 width = 0.8 / len(ablation)
 for i, r in enumerate(ablation):
     xs = [j + (i - (len(ablation) - 1) / 2) * width for j in range(len(eval_sets))]
@@ -160,12 +174,13 @@ ax.legend(fontsize=8)
 ax.set_title(f"NesyCD on {student}: S_P vs S_E")
 fig.tight_layout()
 fig.savefig(ctx.path("nesycd.png"), dpi=120)
-plt.show()""",
-    """results_path = ctx.save_results({"rows": [row], "ablation": ablation, "student": student, "backend": backend,
+plt.show()
+
+# %%
+results_path = ctx.save_results({"rows": [row], "ablation": ablation, "student": student, "backend": backend,
                   "kb_entries": len(kb), "kb_path": str(kb_run / "kb.jsonl"), "tutor": kb_info["tutor"],
                   "se_adapter": str(se_adapter), "se_train_examples": len(se_examples), "se_kb_examples": n_kb,
                   "retrieval": retrieval.reset_index().to_dict("records"),
                   "evals": {n: str(ctx.path("eval", n))
                             for n in ["kb"] + [r["variant"] for r in ablation if r["variant"] != "se_kb"]},
-                  "train_config": vars(cfg)})""",
-])
+                  "train_config": vars(cfg)})

@@ -1,24 +1,23 @@
-from nbtool import write_notebook
+# %% [markdown]
+# # 06 · Ablations: one factor at a time around notebook 08's configuration
+#
+# The papers' ablations, run on the knowledge-sparse synthetic benchmark (notebook 08), where a CPU-sized
+# student can show a mechanism at all (calibration.md: BBH slices cannot separate methods at 135M):
+#
+# | sweep | what varies | what stays | cost |
+# |---|---|---|---|
+# | `k` | NesyCD: KB entries inserted at test time (0 = P-STD, the question alone) | the S_E student of 08 | evaluation only |
+# | `train_size` | Std-CoT: share of the training questions (seeded, per task) | recipe, epochs | one training per share |
+# | `schedule` | SKIntern: decay shape (linear, exponential, step) and number of stages T | knowledge, demos, step budget | one training per variant |
+# | `content` | SKIntern: knowledge only (no demos) or demos only (no knowledge) | schedule, step budget | one training per variant |
+#
+# This notebook runs **after** 08 (`nesylib.runs.RUN_AFTER`): it reads 08's parameters, benchmark, knowledge and
+# knowledge base, so every variant differs from 08's run in the swept factor only; the variant equal to 08's
+# configuration reuses 08's cached adapter and, where its prompts match too, 08's stored answers. Every sweep is
+# a list parameter; an empty list skips it.
 
-write_notebook("notebooks/06_ablations.ipynb", [
-    """#md
-# 06 · Ablations: one factor at a time around notebook 08's configuration
-
-The papers' ablations, run on the knowledge-sparse synthetic benchmark (notebook 08), where a CPU-sized
-student can show a mechanism at all (calibration.md: BBH slices cannot separate methods at 135M):
-
-| sweep | what varies | what stays | cost |
-|---|---|---|---|
-| `k` | NesyCD: KB entries inserted at test time (0 = P-STD, the question alone) | the S_E student of 08 | evaluation only |
-| `train_size` | Std-CoT: share of the training questions (seeded, per task) | recipe, epochs | one training per share |
-| `schedule` | SKIntern: decay shape (linear, exponential, step) and number of stages T | knowledge, demos, step budget | one training per variant |
-| `content` | SKIntern: knowledge only (no demos) or demos only (no knowledge) | schedule, step budget | one training per variant |
-
-This notebook runs **after** 08 (`nesylib.runs.RUN_AFTER`): it reads 08's parameters, benchmark, knowledge and
-knowledge base, so every variant differs from 08's run in the swept factor only; the variant equal to 08's
-configuration reuses 08's cached adapter and, where its prompts match too, 08's stored answers. Every sweep is
-a list parameter; an empty list skips it.""",
-    """# parameters
+# %% tags=["parameters"]
+# parameters
 from typing import Optional
 preset: str = "adhoc"
 run_root: Optional[str] = None
@@ -28,8 +27,10 @@ eval_batch_size: int = 16
 k_values: list = [0, 1, 2, 3]             # NesyCD: KB entries inserted per question; 0 is P-STD
 train_fractions: list = [0.25, 0.5, 1.0]  # Std-CoT: share of the training questions per task
 schedules: list = [["linear", 6], ["exponential", 6], ["step", 6], ["linear", 3]]  # SKIntern: [kind, T]
-content_variants: list = ["knowledge_only", "examples_only"]  # SKIntern at 08's schedule""",
-    """import json
+content_variants: list = ["knowledge_only", "examples_only"]  # SKIntern at 08's schedule
+
+# %%
+import json
 import time
 
 import matplotlib.pyplot as plt
@@ -56,10 +57,13 @@ base = ab.base_config(src, student)
 cfg = students.train_config({**base["train"], **base["train_overrides"]})
 t_start = time.time()
 print(f"backend {backend}; 08's configuration: " + json.dumps({k: base[k] for k in (
-    "synth_config", "eval_per_task_synth", "stages_T", "max_demos", "compressor", "k_retrieve", "k_insert")}))""",
-    """#md
-## The benchmark, knowledge and knowledge base of notebook 08""",
-    """from transformers import AutoTokenizer
+    "synth_config", "eval_per_task_synth", "stages_T", "max_demos", "compressor", "k_retrieve", "k_insert")}))
+
+# %% [markdown]
+# ## The benchmark, knowledge and knowledge base of notebook 08
+
+# %%
+from transformers import AutoTokenizer
 
 from nesylib.curriculum import Schedule
 from nesylib.kb import KnowledgeBase
@@ -85,13 +89,16 @@ timing, rows = lab.timing, []
 
 
 def add_rows(sweep, variant, value, method, result):
-    rows.extend(ab.sweep_rows(sweep, variant, value, sx.item_rows(method, result.rows, evals, world), result.summary))""",
-    """#md
-## k: how many knowledge-base entries NesyCD inserts at test time
+    rows.extend(ab.sweep_rows(sweep, variant, value, sx.item_rows(method, result.rows, evals, world), result.summary))
 
-S_E is 08's student (trained on its own KB analyses, D14); only the test-time prompt changes. `k = 0` inserts
-nothing (the prompt is P-STD), which asks how much of S_E's accuracy comes from the retrieved knowledge.""",
-    """if sweeps["k"]:
+# %% [markdown]
+# ## k: how many knowledge-base entries NesyCD inserts at test time
+#
+# S_E is 08's student (trained on its own KB analyses, D14); only the test-time prompt changes. `k = 0` inserts
+# nothing (the prompt is P-STD), which asks how much of S_E's accuracy comes from the retrieved knowledge.
+
+# %%
+if sweeps["k"]:
     se_adapter = mth.nesycd_fit(lab, mth.nesycd_examples(
         train_rows, kb, base["k_retrieve"], base["k_insert"], base["se_train_knowledge"], base["se_keep_own"],
         base["kb_index_text"], seed=base["seed"]), len(train_rows), base.get("se_step_budget", "own"))
@@ -100,20 +107,26 @@ nothing (the prompt is P-STD), which asks how much of S_E's accuracy comes from 
         inserted = retrieved_knowledge(evals, kb, k_retrieve=k_retrieve, k_insert=k) if k else {}
         res = lab.score("nesycd", se_adapter, eval_sets, lambda r: inserted.get(r["uid"], ab.NO_KNOWLEDGE),
                         name=f"k-k={k}")
-        add_rows("k", f"k={k}", k, "nesycd", res)""",
-    """#md
-## Training-data size: Std-CoT on a seeded share of the training questions of every task""",
-    """for frac in sweeps["train_size"]:
+        add_rows("k", f"k={k}", k, "nesycd", res)
+
+# %% [markdown]
+# ## Training-data size: Std-CoT on a seeded share of the training questions of every task
+
+# %%
+for frac in sweeps["train_size"]:
     subset = ab.fraction_per_task(train_rows, frac, base["seed"])
     res = mth.plain_method(lab, "std", subset, eval_sets)
-    add_rows("train_size", f"{frac:g} ({len(subset)} questions)", frac, "std", res.result)""",
-    """#md
-## SKIntern: schedule shape and number of stages; knowledge only vs demonstrations only
+    add_rows("train_size", f"{frac:g} ({len(subset)} questions)", frac, "std", res.result)
 
-Every variant gets the same step budget as 08's SKIntern (the Std-CoT steps, D17) and answers from the question
-alone. `knowledge_only` shows no demonstrations at any stage; `examples_only` shows the stage's demonstrations
-but no knowledge.""",
-    """if sweeps["schedule"] or sweeps["content"]:
+# %% [markdown]
+# ## SKIntern: schedule shape and number of stages; knowledge only vs demonstrations only
+#
+# Every variant gets the same step budget as 08's SKIntern (the Std-CoT steps, D17) and answers from the question
+# alone. `knowledge_only` shows no demonstrations at any stage; `examples_only` shows the stage's demonstrations
+# but no knowledge.
+
+# %%
+if sweeps["schedule"] or sweeps["content"]:
     from nesylib.compress import make_compressor
     comp = make_compressor(base["compressor"], model_name=student)
     variants = [(f"{kind}, T={T}", "schedule", Schedule(T=T, kind=kind, max_demos=base["max_demos"]), knowledge)
@@ -126,10 +139,13 @@ but no knowledge.""",
         res = mth.skintern_method(lab, train_rows, know, eval_sets, schedule, comp, cfg.cutoff_len)
         stage_reports[variant] = res.info["stages"]
         add_rows(sweep, variant, variant, "skintern", res.result)
-    del comp""",
-    """#md
-## Results: accuracy with 95% bootstrap CIs (test and ood together, and per split)""",
-    """table = pd.DataFrame(rows)
+    del comp
+
+# %% [markdown]
+# ## Results: accuracy with 95% bootstrap CIs (test and ood together, and per split)
+
+# %%
+table = pd.DataFrame(rows)
 if len(table):
     table.to_csv(ctx.path("ablations.csv"), index=False)
     display(table[table.split == "all"][["sweep", "variant", "accuracy", "ci_low", "ci_high", "n",
@@ -138,8 +154,10 @@ if len(table):
                               ["sweep", "variant", "accuracy", "ci_low", "ci_high", "n"])
     ctx.path("ablations.md").write_text(sx_md)
 timing["total_s"] = round(time.time() - t_start, 1)
-timing""",
-    """names = [s for s in ("k", "train_size", "schedule", "content") if len(table) and (table.sweep == s).any()]
+timing
+
+# %%
+names = [s for s in ("k", "train_size", "schedule", "content") if len(table) and (table.sweep == s).any()]
 if names:
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
     for ax, s in zip(axes[0], names):
@@ -153,9 +171,10 @@ if names:
     fig.suptitle(f"Ablations on the synthetic benchmark ({len(evals)} items), student {student}")
     fig.tight_layout()
     fig.savefig(ctx.path("ablations.png"), dpi=120)
-    plt.show()""",
-    """ctx.save_results({"student": student, "backend": backend, "base_config": base, "train_config": vars(cfg),
+    plt.show()
+
+# %%
+ctx.save_results({"student": student, "backend": backend, "base_config": base, "train_config": vars(cfg),
                   "eval_items": len(evals), "sweeps": {s: [r for r in rows if r["sweep"] == s] for s in sweeps},
                   "trained": lab.train_metrics, "timing": timing,
-                  "skintern_stage_reports": stage_reports if (sweeps["schedule"] or sweeps["content"]) else {}})""",
-])
+                  "skintern_stage_reports": stage_reports if (sweeps["schedule"] or sweeps["content"]) else {}})
