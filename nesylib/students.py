@@ -62,8 +62,9 @@ def train_student(method: str, examples, config, out_dir: Path, base: str):
 
 def evaluate_student(method: str, base: str, adapter_dir, eval_sets: dict[str, list[dict]], out_dir: Path, *,
                      knowledge=None, batch_size: int = 16, max_new_tokens: int | None = None, seed: int = 42,
-                     specs: dict | None = None, engine: str = "hf"):
-    """Evaluate a student (merged adapter, D20) on all slices in one pass; writes samples.jsonl.
+                     specs: dict | None = None, engine: str = "hf", progress: bool = True):
+    """Evaluate a student (merged adapter, D20) on all slices in one pass; writes samples.jsonl. ``progress``: a
+    text bar of the sequences generated (stderr: the notebook's output, or the terminal under ``nesylib run``).
     ``specs`` replaces the TaskSpec of a dataset (e.g. the synthetic benchmark's per-task caps).
     ``engine``: "hf" (the model on the GPU when there is one), "vllm" (the adapter served as a LoRA on a
     vLLM engine kept for the process, nesylib.vllm_engine.VLLMEngine) or "auto"."""
@@ -75,7 +76,7 @@ def evaluate_student(method: str, base: str, adapter_dir, eval_sets: dict[str, l
     records = [r for recs in eval_sets.values() for r in recs]
     return evaluate(model, tok, records, build, method=method, out_dir=out_dir, batch_size=batch_size,
                     max_new_tokens=max_new_tokens, two_stage=two_stage,
-                    stage2_max_new_tokens=16 if two_stage else None, specs=specs, seed=seed, progress=False,
+                    stage2_max_new_tokens=16 if two_stage else None, specs=specs, seed=seed, progress=progress,
                     engine=resolve_engine(engine))
 
 

@@ -249,3 +249,17 @@ def test_evaluate_merges_and_restores_the_adapter(tiny_model_dir, records):
                      n_boot=10)
     assert plain.meta["lora_merged"] is False
     assert [r["output"] for r in merged.rows] == [r["output"] for r in plain.rows]
+
+
+def test_a_student_evaluation_shows_its_progress(tiny_model_dir, records, tmp_path, capsys):
+    """Evaluating a student draws a text progress bar of the sequences generated (it ran silently before);
+    ``progress=False`` keeps it quiet."""
+    from nesylib import students
+
+    few = {"bbh": records[:2]}
+    students.evaluate_student("std", str(tiny_model_dir), None, few, tmp_path / "a", max_new_tokens=4)
+    err = capsys.readouterr().err
+    assert "generate" in err and "2/2" in err
+    students.evaluate_student("std", str(tiny_model_dir), None, few, tmp_path / "b", max_new_tokens=4,
+                              progress=False)
+    assert "generate" not in capsys.readouterr().err
