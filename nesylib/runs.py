@@ -54,7 +54,7 @@ PRESETS_DIR = REPO_ROOT / "presets"
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 RUNS_DIR = REPO_ROOT / "results" / "runs"
 TRACKED_PACKAGES = ("torch", "transformers", "peft", "datasets", "accelerate", "bm25s", "faiss-cpu",
-                    "sentence-transformers", "papermill", "openai", "unsloth", "numpy", "pandas")
+                    "papermill", "openai", "unsloth", "numpy", "pandas")
 _SECRET_NAME = re.compile(r"(^|_)(api_?key|key|token|secret|password|auth)$", re.IGNORECASE)
 
 

@@ -111,37 +111,6 @@ def stage_examples(train_records: list[dict], knowledge_stages: dict[str, dict[s
     return examples, rep
 
 
-def stage_table(train_records: list[dict], knowledge_stages: dict[str, dict[str, str]], schedule: Schedule,
-                tokenizer, compression_report: list[dict] | None = None, demo_mode: str = "random",
-                seed: int = 42, cutoff_len: int | None = None, embedder: Embed | None = None,
-                n_linear_params: int | None = None) -> list[dict]:
-    """One row per stage for the notebook: keep ratio, achieved compression, demos, prompt tokens.
-
-    ``compression_report`` is the report of ``compress.compress_stages`` (adds achieved_ratio).
-    ``n_linear_params`` (the student's Linear-layer parameters incl. lm_head) adds the mean prefill
-    MACs per item, N_linear × prompt tokens (D22): the inference saving SKIntern is after.
-    """
-    if tokenizer is None:
-        raise ConfigError("stage_table needs a tokenizer to count prompt tokens")
-    comp = {row["stage"]: row for row in (compression_report or [])}
-    if embedder is not None and not isinstance(embedder, CachedEmbedder):
-        embedder = CachedEmbedder(embedder)
-    rows = []
-    for t in schedule.stages:
-        _, rep = stage_examples(train_records, knowledge_stages, schedule, t, demo_mode, seed, tokenizer,
-                                cutoff_len, embedder)
-        row = {"stage": t, "keep_ratio": rep["keep_ratio"],
-               "achieved_ratio": comp.get(t, {}).get("achieved_ratio"),
-               "knowledge_words_mean": rep["knowledge_words_mean"], "n_demos": rep["n_demos"],
-               "demos_mean": rep["demos_mean"], "prompt_tokens_mean": rep["prompt_tokens_mean"]}
-        if n_linear_params is not None:
-            row["prefill_macs_mean"] = round(n_linear_params * rep["prompt_tokens_mean"])
-        if cutoff_len is not None:
-            row["items_shortened"] = rep["items_shortened"]
-        rows.append(row)
-    return rows
-
-
 @dataclass
 class StagePlan:
     stage: int
@@ -221,7 +190,7 @@ def stage_losses(metrics: dict) -> list[dict]:
 
 def plan_table(plan: list[StagePlan], compression_report: list[dict] | None = None,
                n_linear_params: int | None = None, losses: list[dict] | None = None) -> list[dict]:
-    """One row per stage from a ``progressive_plan`` (no re-rendering, unlike ``stage_table``).
+    """One row per stage from a ``progressive_plan`` (its reports: nothing is rendered again).
 
     Adds the compressor's achieved ratios (``compress_stages`` report), the mean prefill MACs of
     a stage prompt, N_linear x prompt tokens (D22; needs a plan built with a tokenizer), and the

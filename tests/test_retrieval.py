@@ -156,7 +156,7 @@ def test_embeddings_are_normalised_and_match_sentence_transformers(minilm):
     vecs = embed(texts, minilm)
     assert vecs.shape == (2, 384) and vecs.dtype == np.float32
     assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
-    st = pytest.importorskip("sentence_transformers")
+    import sentence_transformers as st  # a test dependency (requirements/dev.txt): the reference embedder
     ref = st.SentenceTransformer(str(minilm), device="cpu").encode(texts, normalize_embeddings=True)
     assert np.abs(ref - vecs).max() < 1e-5
 

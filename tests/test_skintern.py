@@ -11,7 +11,7 @@ from nesylib.compress import WordTruncationCompressor, compress_stages
 from nesylib.curriculum import Schedule
 from nesylib.data import load_bbh, load_codex_rationales, subsample
 from nesylib.errors import ConfigError, DataError
-from nesylib.skintern import progressive_plan, stage_examples, stage_table
+from nesylib.skintern import plan_table, progressive_plan, stage_examples
 
 TASKS = ["date_understanding", "navigate", "web_of_lies"]
 
@@ -120,8 +120,9 @@ def test_similar_demos_shrink_as_prefixes(train, stages):
     assert demo_qs[1] == demo_qs[0][:3] and demo_qs[2] == demo_qs[0][:1]
 
 
-def test_stage_table(train, stages, tok):
-    rows = stage_table(train, stages[0], Schedule(), tok, compression_report=stages[1], n_linear_params=1000)
+def test_plan_table(train, stages, tok):
+    plan = progressive_plan(train, stages[0], Schedule(), total_steps=70, tokenizer=tok)
+    rows = plan_table(plan, compression_report=stages[1], n_linear_params=1000)
     assert [r["stage"] for r in rows] == list(range(7))
     assert [r["n_demos"] for r in rows] == [6, 5, 4, 3, 2, 1, 0]
     tokens = [r["prompt_tokens_mean"] for r in rows]
