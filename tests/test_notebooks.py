@@ -378,7 +378,7 @@ def test_notebook_07_redraws_the_committed_results_byte_for_byte(tmp_path):
 
     It reads the committed folder where it is (its tables name the folder they came from, so a copy
     elsewhere would title main_table.md differently) and writes into tmp_path only; the committed
-    files are checked unchanged afterwards. After a change to nesylib/report.py or notebook 07 that is
+    files are checked unchanged afterwards. After a change to nesylib/report/ or notebook 07 that is
     meant to change them, redraw the committed folder with the same command and `-p run_root`, and copy
     its tables, figures and json files over results/cpu/07_flops_and_figures."""
     import papermill as pm
