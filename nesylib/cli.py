@@ -42,7 +42,7 @@ def _params(args) -> int:
 
 
 def _export(args) -> int:
-    from nesylib.runs import export_results
+    from nesylib.runner import export_results
 
     files = export_results(args.preset, args.run_root)
     print(f"exported {len(files)} files to results/{args.preset}/")

@@ -19,8 +19,8 @@ from pathlib import Path
 import yaml
 
 from nesylib.errors import ConfigError
-from nesylib.runs import (NOTEBOOKS_DIR, REPO_ROOT, _declared_params, list_notebooks, load_preset,
-                          notebook_params, validate)
+from nesylib.runner import _declared_params, list_notebooks
+from nesylib.runs import NOTEBOOKS_DIR, REPO_ROOT, load_preset, notebook_params, validate
 
 NOT_LITERAL = object()  # a default that is an expression, not a literal: its type is unknown
 _SCHEMA_NAMES = {t.__name__: t for t in (int, float, str, bool, list, dict, tuple, type)}
@@ -360,7 +360,7 @@ def run_with_overrides(preset_name: str, sets: list[str] | None = None, notebook
                        log=print, **kw) -> list[dict]:
     """``runs.run_preset`` on the preset with the ``--set`` arguments applied, each checked before
     any notebook runs and printed."""
-    from nesylib.runs import run_preset
+    from nesylib.runner import run_preset
 
     preset = load_preset(preset_name)
     if sets:

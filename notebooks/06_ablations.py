@@ -11,7 +11,7 @@
 # | `schedule` | SKIntern: decay shape (linear, exponential, step) and number of stages T | knowledge, demos, step budget | one training per variant |
 # | `content` | SKIntern: knowledge only (no demos) or demos only (no knowledge) | schedule, step budget | one training per variant |
 #
-# This notebook runs **after** 08 (`nesylib.runs.RUN_AFTER`): it reads 08's parameters, benchmark, knowledge and
+# This notebook runs **after** 08 (`nesylib.runner.RUN_AFTER`): it reads 08's parameters, benchmark, knowledge and
 # knowledge base, so every variant differs from 08's run in the swept factor only; the variant equal to 08's
 # configuration reuses 08's cached adapter and, where its prompts match too, 08's stored answers. Every sweep is
 # a list parameter; an empty list skips it.

@@ -30,7 +30,6 @@ student: str = "smollm2-135m"      # recorded only: the students come from the r
 # %%
 from pathlib import Path
 
-import pandas as pd
 from IPython.display import Image, Markdown, display
 
 from nesylib import report, runs

@@ -232,8 +232,8 @@ def test_notebook_04_stops_when_the_knowledge_writer_never_gives_usable_knowledg
 # --------------------------------------------------------------------------- run-root lock
 _HOLDER = """
 import sys
-from nesylib import runs
-with runs.lock_run_root(sys.argv[1], sys.argv[2:] or None):
+from nesylib import runner, runs
+with runner.lock_run_root(sys.argv[1], sys.argv[2:] or None):
     print("held", flush=True)
     sys.stdin.readline()
 """
@@ -268,28 +268,28 @@ LOCK_CASES = [
 
 @pytest.mark.parametrize("held, second, refused, lock_name", LOCK_CASES)
 def test_run_root_lock(held, second, refused, lock_name, tmp_path):
-    from nesylib import runs
+    from nesylib import runner
 
     root = tmp_path / "root"
     with _Holder(root, held) as holder:
         if refused:
-            with pytest.raises(runs.RunRootLocked) as err:
-                with runs.lock_run_root(root, list(second)):
+            with pytest.raises(runner.RunRootLocked) as err:
+                with runner.lock_run_root(root, list(second)):
                     pass
             for w in ("in use", str(root / lock_name), f"pid {holder.pid}"):
                 assert w in str(err.value), (w, str(err.value))
         else:
-            with runs.lock_run_root(root, list(second)):
+            with runner.lock_run_root(root, list(second)):
                 pass
-    with runs.lock_run_root(root):  # released when the holder exits
-        with pytest.raises(runs.RunRootLocked, match=f"pid {os.getpid()}"):  # also within one process
-            with runs.lock_run_root(root):
+    with runner.lock_run_root(root):  # released when the holder exits
+        with pytest.raises(runner.RunRootLocked, match=f"pid {os.getpid()}"):  # also within one process
+            with runner.lock_run_root(root):
                 pass
 
 
 _SLOW_NB = """from pathlib import Path
 import time
-from nesylib import runs
+from nesylib import runner, runs
 ctx = runs.start("00_slow", dict(preset=preset, run_root=run_root, seed=seed))
 # signals beside the run folder: the notebook's own folder is a staging folder until it succeeds
 (ctx.dir.parent / "00_slow.started").write_text("x")
@@ -301,8 +301,8 @@ ctx.save_results({"seed": seed})"""
 _RUNNER = """
 import sys
 from pathlib import Path
-from nesylib import runs
-runs.run_preset(sys.argv[1], run_root=sys.argv[2], notebooks_dir=Path(sys.argv[3]), kernel="python3")
+from nesylib import runner, runs
+runner.run_preset(sys.argv[1], run_root=sys.argv[2], notebooks_dir=Path(sys.argv[3]), kernel="python3")
 """
 
 
@@ -310,7 +310,7 @@ def test_two_runs_of_one_notebook_on_one_run_root_do_not_run_together(tmp_path):
     """The collision of issue 17 (two runs of one notebook on one run root), end to end."""
     import nbformat
 
-    from nesylib import runs
+    from nesylib import runner, runs
 
     nbs = tmp_path / "nbs"
     nbs.mkdir()
@@ -331,7 +331,7 @@ def test_two_runs_of_one_notebook_on_one_run_root_do_not_run_together(tmp_path):
             assert first.poll() is None and time.monotonic() < deadline, first.communicate()
             time.sleep(0.1)
         with pytest.raises(Exception) as err:  # RunRootLocked, before any notebook starts
-            runs.run_preset(str(preset), run_root=root, notebooks_dir=nbs, kernel="python3", log=lambda *_: None)
+            runner.run_preset(str(preset), run_root=root, notebooks_dir=nbs, kernel="python3", log=lambda *_: None)
         assert type(err.value).__name__ == "RunRootLocked"
         for w in ("in use", str(root / ".nesylib-run.lock"), f"pid {first.pid}"):
             assert w in str(err.value), (w, str(err.value))

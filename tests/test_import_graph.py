@@ -1,7 +1,7 @@
 """The package's import graph has no cycles, counting imports inside functions too: two modules
 that import each other (even lazily) are one module split in the wrong place."""
 import ast
-import importlib.util
+import importlib.util  # noqa: F401 (loads importlib.util for find_spec below)
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "nesylib"

@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nesylib import report, runs
+from nesylib import report, runner, runs
 from nesylib.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = runs.list_notebooks()
+NOTEBOOKS = runner.list_notebooks()
 EXPECTED = ROOT / "tests" / "expected" / "smoke_metrics.json"
 UPDATE_ENV = "NESYLIB_UPDATE_EXPECTED"
 UPDATE_COMMAND = f"{UPDATE_ENV}=1 .venv/bin/python -m pytest tests/test_notebooks.py -k smoke"
@@ -37,7 +37,7 @@ def smoke_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("OMP_NUM_THREADS", "1")
         mp.setenv("MKL_NUM_THREADS", "1")
-        out = runs.run_preset("smoke", run_root=root, log=lambda *_: None)
+        out = runner.run_preset("smoke", run_root=root, log=lambda *_: None)
     return root, out
 
 
@@ -104,7 +104,7 @@ def test_smoke_preset_runs_every_notebook_and_caches(smoke_run):
             assert r["facts_in_knowledge"] is not None and r["train_facts_in_knowledge"] is not None
         if r["method_id"] not in ("chance", "cooccurrence"):
             assert "test_derives" in r and r["prefill_vs_std"] > 0
-    again = runs.run_preset("smoke", run_root=tmp_path, log=lambda *_: None)
+    again = runner.run_preset("smoke", run_root=tmp_path, log=lambda *_: None)
     assert all(o["status"] == "cached" for o in again)
 
 
@@ -112,7 +112,7 @@ def test_bad_preset_values_are_named(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: bad\ncommon: {seed: 1}\nnotebooks:\n  00_data: {datasetz: [bbh]}\n")
     with pytest.raises(ConfigError, match=r"unknown parameter\(s\) \['datasetz'\]"):
-        runs.run_preset(str(bad), only=["00_data"], run_root=tmp_path, log=lambda *_: None)
+        runner.run_preset(str(bad), only=["00_data"], run_root=tmp_path, log=lambda *_: None)
     secret = tmp_path / "secret.yaml"
     secret.write_text("name: s\ncommon: {api_key: abc}\n")
     with pytest.raises(ConfigError, match="looks like a secret"):
@@ -134,11 +134,11 @@ def test_export_copies_tables_and_figures_only(tmp_path):
     (run / "05_baselines" / "baselines.csv").write_text("method,acc\n")
     (run / "05_baselines" / "eval" / "samples.jsonl").write_text("{}\n")
     (run / "06_unfinished").mkdir()
-    files = runs.export_results("x", run, tmp_path / "out")
+    files = runner.export_results("x", run, tmp_path / "out")
     assert sorted(p.name for p in files) == ["baselines.csv", "results.json"]
     assert not (tmp_path / "out" / "06_unfinished").exists()
     with pytest.raises(ConfigError, match="no run folder"):
-        runs.export_results("x", tmp_path / "missing")
+        runner.export_results("x", tmp_path / "missing")
 
 
 def test_committed_notebooks_equal_their_sources(tmp_path):

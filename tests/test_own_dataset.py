@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from nesylib import custom_data, data, experiment, extract, runs
+from nesylib import custom_data, data, experiment, extract, runner, runs
 from nesylib.errors import ConfigError, DataError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -305,14 +305,14 @@ def test_data_notebook_accepts_the_dataset_on_the_smoke_preset(tmp_path, monkeyp
     from nesylib.params import apply_overrides
 
     keyed = []  # what each cache key was computed from (the package's code hash aside)
-    key = runs._cache_key
-    monkeypatch.setattr(runs, "_cache_key", lambda nb, params, up: keyed.append(params) or key(nb, params, up))
+    key = runner._cache_key
+    monkeypatch.setattr(runner, "_cache_key", lambda nb, params, up: keyed.append(params) or key(nb, params, up))
     ex = tmp_path / "ex"
     shutil.copytree(EXAMPLE, ex)
     preset = runs.load_preset("smoke")
     preset["datasets"] = {"my_qa": str(ex / "my_qa.yaml")}
     preset, _ = apply_overrides(preset, ["00_data.datasets=[gsm8k_plus, my_qa]"])
-    run = lambda: runs.run_preset(preset, only=["00_data"], run_root=tmp_path / "run", log=lambda *_: None)  # noqa
+    run = lambda: runner.run_preset(preset, only=["00_data"], run_root=tmp_path / "run", log=lambda *_: None)  # noqa
     assert [o["status"] for o in run()] == ["ran"]
     res = json.loads((tmp_path / "run" / "00_data" / "results.json").read_text())
     assert res["counts"] == {"gsm8k_plus/test": 2100, "my_qa/test": 4, "my_qa/train": 16}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from nesylib import experiment, knowledge, runs
+from nesylib import experiment, knowledge, runner, runs
 from nesylib.kb import QUESTION_HEADER, RESPONSE_HEADER
 from nesylib.params import apply_overrides, parse_override, run_with_overrides
 from nesylib.teacher.cot import STEP_CUE
@@ -152,10 +152,10 @@ def paper_run(tmp_path_factory, tiny_model_dir, data_dir):
 
 def test_every_notebook_ran_without_a_failure(paper_run):
     root, summary = paper_run["root"], paper_run["summary"]
-    assert [s["notebook"] for s in summary] == [p.stem for p in runs.list_notebooks()]
+    assert [s["notebook"] for s in summary] == [p.stem for p in runner.list_notebooks()]
     assert all(s["status"] == "ran" for s in summary), summary
     assert not list(root.glob("*.failed")), "a notebook failed"
-    assert set(paper_run["res"]) == {p.stem for p in runs.list_notebooks()}
+    assert set(paper_run["res"]) == {p.stem for p in runner.list_notebooks()}
     for nb in root.glob("*.ipynb"):
         assert "NotEnoughKnowledge" not in nb.read_text(), nb.name
     for p in root.rglob("*"):
@@ -278,4 +278,4 @@ def test_the_synthetic_notebooks_and_the_figures_completed(paper_run):
     assert all(sweeps[s] for s in ("k", "train_size", "schedule", "content"))
     figs = res["07_flops_and_figures"]
     assert figs["missing"] == [] and figs["source_presets"] == ["paper"]
-    assert set(figs["inputs"]) == {p.stem for p in runs.list_notebooks()} - {"07_flops_and_figures"}
+    assert set(figs["inputs"]) == {p.stem for p in runner.list_notebooks()} - {"07_flops_and_figures"}

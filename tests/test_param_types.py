@@ -11,11 +11,11 @@ import nbformat
 import papermill as pm
 import pytest
 
-from nesylib import params, runs
+from nesylib import params, runner, runs
 from nesylib.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = runs.list_notebooks()
+NOTEBOOKS = runner.list_notebooks()
 
 
 def _parameters_cell(nb: Path) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from nesylib import cli, params, runs
+from nesylib import cli, params, runner, runs
 from nesylib.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,7 +179,7 @@ def test_every_notebook_schema_rule_is_found_statically():
     schema = params.static_schema(ROOT / "notebooks/04_skintern_curriculum.ipynb")
     assert schema["schedule_kind"] == ["linear", "exponential", "step"]  # list(curriculum.KINDS)
     assert schema["bbh_tasks"] == (list, type(None))
-    for nb in runs.list_notebooks():
+    for nb in runner.list_notebooks():
         declared = params.notebook_parameters(nb)
         assert set(params.static_schema(nb)) <= set(declared), nb.stem
         assert sum(p.rule is not None for p in declared.values()) >= 2, nb.stem

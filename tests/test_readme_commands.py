@@ -15,7 +15,6 @@ Every command of those blocks must have an entry in ``COMMANDS``, saying what is
 A command added to the README without an entry fails ``test_every_readme_command_has_an_entry``, and an
 entry whose command left the README fails it too.
 """
-import json
 import os
 import re
 import shlex
@@ -177,7 +176,7 @@ def test_readme_command_runs(cmd, tmp_path, request):
 
 def _check_nesylib(argv: list[str]) -> None:
     """What the nesylib command would check before doing anything, without doing it."""
-    from nesylib import params, runs
+    from nesylib import params, runner, runs
     from nesylib.cli import build_parser
 
     try:
@@ -187,7 +186,7 @@ def _check_nesylib(argv: list[str]) -> None:
     if args.cmd == "run":
         preset = runs.load_preset(args.preset)
         params.apply_overrides(preset, args.set)
-        known = {p.stem for p in runs.list_notebooks(runs.NOTEBOOKS_DIR)}
+        known = {p.stem for p in runner.list_notebooks(runs.NOTEBOOKS_DIR)}
         only = [s for s in (args.only or "").split(",") if s]
         assert set(only) <= known, (only, known)
     elif args.cmd == "teach":

@@ -12,7 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from nesylib import progress, runs
+from nesylib import progress, runner, runs
 
 ROOT = Path(__file__).resolve().parents[1]
 NOISE = ("KeyboardInterrupt caught in kernel", "running over TCP without encryption")
@@ -74,7 +74,7 @@ def test_a_run_shows_a_heartbeat_and_last_time_without_kernel_noise_and_errors_s
     logged = []
     kw = dict(run_root=tmp_path / "run", notebooks_dir=nbs, kernel="python3", log=logged.append, heartbeat_s=0.4)
 
-    assert [o["status"] for o in runs.run_preset(str(preset), **kw)] == ["ran"]
+    assert [o["status"] for o in runner.run_preset(str(preset), **kw)] == ["ran"]
     beats = [line for line in logged if re.fullmatch(r"00_first: running, \d+ s", line)]
     assert len(beats) >= 2, logged
     assert "[1/1] 00_first: running ..." in logged
@@ -89,7 +89,7 @@ def test_a_run_shows_a_heartbeat_and_last_time_without_kernel_noise_and_errors_s
 
     first = runs.read_json(tmp_path / "run" / "00_first" / "done.json")["seconds"]
     logged.clear()
-    runs.run_preset(str(preset), force=True, **kw)
+    runner.run_preset(str(preset), force=True, **kw)
     last = f"(last time {first:.0f} s)"
     assert f"[1/1] 00_first: running ... {last}" in logged
     assert any(re.fullmatch(rf"00_first: running, \d+ s {re.escape(last)}", line) for line in logged), logged
@@ -98,7 +98,7 @@ def test_a_run_shows_a_heartbeat_and_last_time_without_kernel_noise_and_errors_s
     _notebook(nbs / "00_first.ipynb", "00_first", "raise ValueError('the data is wrong')")
     logged.clear()
     with pytest.raises(Exception) as e:
-        runs.run_preset(str(preset), **kw)
+        runner.run_preset(str(preset), **kw)
     assert getattr(e.value, "ename", None) == "ValueError" and "the data is wrong" in e.value.evalue
     assert any("00_first: failed" in line for line in logged)
     assert "ValueError: the data is wrong" in (tmp_path / "run" / "00_first.failed" / "error.txt").read_text()
@@ -108,7 +108,7 @@ def test_a_run_shows_a_heartbeat_and_last_time_without_kernel_noise_and_errors_s
 
 
 def test_duration_reads_like_a_clock():
-    assert [runs._duration(s) for s in (7, 59.4, 59.6, 125, 41 * 60, 3599, 2 * 3600 + 5 * 60)] == \
+    assert [runner._duration(s) for s in (7, 59.4, 59.6, 125, 41 * 60, 3599, 2 * 3600 + 5 * 60)] == \
         ["7 s", "59 s", "1 min", "2 min", "41 min", "1 h 00 min", "2 h 05 min"]
 
 

@@ -1,18 +1,18 @@
 """Run orchestration: the run order (06 after 08, figures last) and caching shared by partial and full runs."""
 import nbformat
 
-from nesylib import runs
+from nesylib import runner, runs
 
 
 def test_run_order_puts_ablations_after_08_and_figures_last(tmp_path):
     for stem in ("00_data", "05_baselines", "06_ablations", "07_flops_and_figures", "08_synthetic_benchmark",
                  "09_extra"):
         (tmp_path / f"{stem}.ipynb").write_text("{}")
-    order = [p.stem for p in runs.list_notebooks(tmp_path)]
+    order = [p.stem for p in runner.list_notebooks(tmp_path)]
     assert order == ["00_data", "05_baselines", "08_synthetic_benchmark", "06_ablations", "09_extra",
                      "07_flops_and_figures"]
     (tmp_path / "08_synthetic_benchmark.ipynb").unlink()
-    assert [p.stem for p in runs.list_notebooks(tmp_path)][-2:] == ["06_ablations", "07_flops_and_figures"]
+    assert [p.stem for p in runner.list_notebooks(tmp_path)][-2:] == ["06_ablations", "07_flops_and_figures"]
 
 
 def _notebook(path, body, extra_params=""):
@@ -35,12 +35,12 @@ def test_only_runs_and_full_runs_share_the_cache(tmp_path):
     preset.write_text("name: p\ncommon: {seed: 3}\n")
     root = tmp_path / "run"
     kw = dict(run_root=root, notebooks_dir=nbs, kernel="python3", log=lambda *_: None)
-    part = runs.run_preset(str(preset), only=["01_second"], **kw)
+    part = runner.run_preset(str(preset), only=["01_second"], **kw)
     assert [(o["notebook"], o["status"]) for o in part] == [("01_second", "ran")]
-    full = runs.run_preset(str(preset), **kw)
+    full = runner.run_preset(str(preset), **kw)
     assert [o["status"] for o in full] == ["ran", "cached", "ran"]  # the partial run counts
     preset.write_text("name: p\ncommon: {seed: 4}\n")
-    again = runs.run_preset(str(preset), only=["02_third"], **kw)
+    again = runner.run_preset(str(preset), only=["02_third"], **kw)
     assert [o["status"] for o in again] == ["ran"]  # a changed parameter is a new run
     assert runs.read_json(root / "02_third" / "results.json") == {"seed": 4}
 
@@ -51,16 +51,16 @@ def test_every_preset_names_only_declared_parameters_and_prices_its_budgets():
 
     for name in ("smoke", "cpu", "paper"):
         preset = runs.load_preset(name)
-        stems = {p.stem: p for p in runs.list_notebooks()}
+        stems = {p.stem: p for p in runner.list_notebooks()}
         assert set(preset["notebooks"]) <= set(stems), name
         for stem, nb in stems.items():
-            params = runs._declared_params(nb, preset, stem)  # raises on an unknown parameter
+            params = runner._declared_params(nb, preset, stem)  # raises on an unknown parameter
             if params.get("budget_usd") is not None:
                 assert params.get("price_in_out"), f"{name}/{stem}: budget_usd without price_in_out"
     with pytest.raises(Exception, match="unknown parameter"):
         bad = dict(runs.load_preset("cpu"))
         bad["notebooks"] = {"05_baselines": {"methodz": ["std"]}}
-        runs._declared_params(stems["05_baselines"], bad, "05_baselines")
+        runner._declared_params(stems["05_baselines"], bad, "05_baselines")
 
 
 def test_a_relative_run_root_is_the_same_folder_for_the_runner_and_the_notebooks(tmp_path, monkeypatch):
@@ -72,7 +72,7 @@ def test_a_relative_run_root_is_the_same_folder_for_the_runner_and_the_notebooks
     preset = tmp_path / "p.yaml"
     preset.write_text("name: p\ncommon: {seed: 3}\n")
     monkeypatch.chdir(tmp_path)
-    out = runs.run_preset(str(preset), run_root="rel/run", notebooks_dir=nbs, kernel="python3", log=lambda *_: None)
+    out = runner.run_preset(str(preset), run_root="rel/run", notebooks_dir=nbs, kernel="python3", log=lambda *_: None)
     assert [o["status"] for o in out] == ["ran"]
     assert runs.read_json(tmp_path / "rel" / "run" / "00_first" / "results.json") == {"seed": 3}
     assert (tmp_path / "rel" / "run" / "00_first" / "done.json").is_file()
@@ -102,7 +102,7 @@ def test_a_failed_forced_rerun_leaves_the_good_run_untouched_and_records_the_fai
     preset.write_text("name: p\ncommon: {seed: 3}\n")
     root = tmp_path / "run"
     kw = dict(run_root=root, notebooks_dir=nbs, kernel="python3", log=lambda *_: None)
-    assert [o["status"] for o in runs.run_preset(str(preset), **kw)] == ["ran"]
+    assert [o["status"] for o in runner.run_preset(str(preset), **kw)] == ["ran"]
     good = {p: p.read_bytes() for p in [root / "00_nb.ipynb"] + sorted((root / "00_nb").rglob("*")) if p.is_file()}
     names = {p.name for p in good}
     assert {"params.json", "env.json", "results.json", "done.json", "artifact.txt", "00_nb.ipynb"} <= names
@@ -111,7 +111,7 @@ def test_a_failed_forced_rerun_leaves_the_good_run_untouched_and_records_the_fai
 
     preset.write_text("name: p\ncommon: {seed: 4, fail: true}\n")
     with pytest.raises(Exception, match="injected failure 4"):
-        runs.run_preset(str(preset), force=True, **kw)
+        runner.run_preset(str(preset), force=True, **kw)
     now = {p: p.read_bytes() for p in [root / "00_nb.ipynb"] + sorted((root / "00_nb").rglob("*")) if p.is_file()}
     assert now == good  # byte for byte: params, env, results, done, artifacts and the executed notebook
 
@@ -126,10 +126,10 @@ def test_a_failed_forced_rerun_leaves_the_good_run_untouched_and_records_the_fai
 
     # an unchanged preset still finds the good run cached: the failure did not touch its done.json
     preset.write_text("name: p\ncommon: {seed: 3}\n")
-    assert [o["status"] for o in runs.run_preset(str(preset), **kw)] == ["cached"]
+    assert [o["status"] for o in runner.run_preset(str(preset), **kw)] == ["cached"]
     # a later success replaces the folder and clears the stale failure record
     preset.write_text("name: p\ncommon: {seed: 5}\n")
-    assert [o["status"] for o in runs.run_preset(str(preset), **kw)] == ["ran"]
+    assert [o["status"] for o in runner.run_preset(str(preset), **kw)] == ["ran"]
     assert runs.read_json(root / "00_nb" / "results.json")["seed"] == 5 and not failed.exists()
     assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == ["00_nb", "00_nb.ipynb"]
 
@@ -144,7 +144,7 @@ def test_a_failure_before_start_is_recorded_with_the_runners_parameters(tmp_path
     preset.write_text("name: p\ncommon: {seed: 7}\n")
     root = tmp_path / "run"
     with pytest.raises(Exception, match="bad before start"):
-        runs.run_preset(str(preset), run_root=root, notebooks_dir=nbs, kernel="python3", log=lambda *_: None)
+        runner.run_preset(str(preset), run_root=root, notebooks_dir=nbs, kernel="python3", log=lambda *_: None)
     failed = root / "00_nb.failed"
     assert runs.read_json(failed / "params.json")["seed"] == 7
     assert "bad before start" in (failed / "error.txt").read_text()
@@ -172,12 +172,12 @@ if fail:
     root = tmp_path / "run"
     kw = dict(run_root=root, notebooks_dir=nbs, kernel="python3", log=lambda *_: None)
     preset.write_text("name: p\ncommon: {seed: 1}\n")
-    runs.run_preset(str(preset), **kw)
+    runner.run_preset(str(preset), **kw)
     preset.write_text("name: p\ncommon: {seed: 2, fail: true}\n")
     with pytest.raises(Exception, match="injected failure"):
-        runs.run_preset(str(preset), **kw)
+        runner.run_preset(str(preset), **kw)
     preset.write_text("name: p\ncommon: {seed: 3}\n")
-    runs.run_preset(str(preset), **kw)
+    runner.run_preset(str(preset), **kw)
     res = runs.read_json(root / "00_nb" / "results.json")
     assert res["calls_before"] == 2 and res["store"] == str(root / "stores" / "00_nb" / "calls.jsonl")
 

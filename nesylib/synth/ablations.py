@@ -18,7 +18,7 @@ from pathlib import Path
 
 from nesylib.curriculum import KINDS
 from nesylib.errors import ConfigError, DataError
-from nesylib.prompts import NO_SUMMARY as NO_KNOWLEDGE  # P-KB without knowledge is P-STD
+from nesylib.prompts import NO_SUMMARY as NO_KNOWLEDGE  # noqa: F401 (notebook 06 reads ab.NO_KNOWLEDGE: P-KB without knowledge is P-STD)
 
 CONTENT_VARIANTS = ("knowledge_only", "examples_only")
 # 08's parameters the ablations inherit (the variant equal to 08's run must share its students).
