@@ -35,10 +35,8 @@ max_new_tokens: Optional[int] = None  # None: per-task caps (calibration.md); 10
 kard_k: int = 3
 
 # %%
-
 import matplotlib.pyplot as plt
 import pandas as pd
-
 
 from nesylib import experiment, report, runs, students
 from nesylib.train import pick_backend

@@ -35,7 +35,7 @@ def read_percent(path: Path) -> list[tuple[str, str, list[str]]]:
             if any(line.strip() for line in lines):
                 raise SystemExit(f"{path}: text before the first '# %%' cell marker")
             return
-        text = "\n".join(lines).strip("\n")
+        text = "\n".join(lines).rstrip("\n")  # leading blank lines stay, as jupytext keeps them
         if kind == "markdown":
             body = []
             for n, line in enumerate(text.split("\n")):

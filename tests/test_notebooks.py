@@ -169,7 +169,10 @@ def test_the_sources_read_as_jupytext_reads_them(tmp_path):
     sys.path.insert(0, str(ROOT / "scripts"))
     import nbtool
 
-    for src in nbtool.sources():
+    odd = tmp_path / "99_odd.py"  # blank lines at a cell's start and end, a tag, an empty markdown line
+    odd.write_text('# %% [markdown]\n# # Title\n#\n# text\n\n# %% tags=["parameters"]\nx: int = 1\n\n# %%\n\n'
+                   'import os\n\n\nprint(os.sep)\n\n\n')
+    for src in [*nbtool.sources(), odd]:
         theirs = [(c.cell_type, c.source, list(c.metadata.get("tags", []))) for c in jupytext.read(src, fmt="py:percent").cells]
         assert theirs == nbtool.read_percent(src), src.name
     changed = tmp_path / "00_data.py"
