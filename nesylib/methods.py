@@ -214,13 +214,13 @@ def nesycd_fit(lab: Lab, examples: list, n_questions: int, step_budget: str = "o
     (about 2.8x the Std-CoT steps: P-KB errors + P-STD all + P-FT all, the authors' setting); "std":
     the Std-CoT student's steps on the ``n_questions`` training questions (as SKIntern's budget, D17),
     so S_E sees a seeded sample of its set in which each format keeps its share."""
-    from nesylib.train import Stage, steps_for
+    from nesylib.train import Stage, run_steps
 
     if step_budget not in SE_STEP_BUDGETS:
         raise ConfigError(f"parameter 'se_step_budget' must be one of {list(SE_STEP_BUDGETS)}, got {step_budget!r}")
     if step_budget == "own":
         return lab.fit("nesycd", examples)
-    steps = lab.config.max_steps or steps_for(n_questions, lab.config.epochs, lab.config)
+    steps = run_steps(n_questions, lab.config)
     return lab.fit("nesycd", [Stage(list(examples), steps=steps, name="main")])
 
 

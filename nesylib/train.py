@@ -54,7 +54,7 @@ from nesylib.sft_data import (ItemCollator, ItemDataset, StreamSampler, Truncati
                               item_order)
 from nesylib.train_config import (BACKENDS, ENGINE_VERSION, KEYED_UNLESS_DEFAULT, REPORT_TO_PACKAGES,  # noqa: F401
                                   TRACKING_ONLY, Stage, TrainConfig, TrainResult, check_report_to, config_key,
-                                  fingerprint, steps_for)
+                                  fingerprint, run_steps, steps_for)
 
 _JOB_FILE = "job.json"
 
@@ -317,7 +317,7 @@ def _build_stream(tok, stages: list[Stage], groups: list[str], config: TrainConf
         items, stats = encode_items(tok, st.examples, groups, config.cutoff_len, config.add_bos, kinds)
         for k in ("sequences", "target_truncated", "prompt_truncated"):
             setattr(trunc, k, getattr(trunc, k) + getattr(stats, k))
-        steps = st.steps or (config.max_steps or steps_for(len(items), config.epochs, config))
+        steps = st.steps or run_steps(len(items), config)
         lengths = [sum(len(s.input_ids) for s in it) for it in items] if config.group_by_length else None
         item_kinds = [it[0].kind for it in items]
         local = item_order(len(items), steps * config.global_batch, config.seed, si, lengths, config.global_batch,

@@ -139,6 +139,12 @@ def steps_for(n_items: int, epochs: float, config: TrainConfig) -> int:
     return max(1, math.ceil(n_items * epochs / config.global_batch))
 
 
+def run_steps(n_items: int, config: TrainConfig) -> int:
+    """The optimizer steps a run on ``n_items`` items trains: ``config.max_steps`` when set, else
+    ``config.epochs`` passes (the Std-CoT budget that S_E's "std" budget and SKIntern's stages share)."""
+    return config.max_steps or steps_for(n_items, config.epochs, config)
+
+
 # ------------------------------------------------------------------------------------ keys
 def config_key(config: TrainConfig, leave_out=()) -> dict:
     """The config's fields for a key (the run's fingerprint, the student's folder): all but ``leave_out``, and
