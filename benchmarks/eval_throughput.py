@@ -48,7 +48,7 @@ def naive(model, tok, prompts, max_new_tokens, stop_strings, hf_stop_strings: bo
     """One prompt at a time through ``model.generate``; the stop rule replayed afterwards."""
     import torch
 
-    from nesylib.generate import apply_stop_rules, eos_token_ids
+    from nesylib.stopping import apply_stop_rules, eos_token_ids
 
     eos = eos_token_ids(model, tok)
     outs, decoded = [], 0
@@ -79,7 +79,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from nesylib.generate import DEFAULT_STOP_STRINGS, generate_batch
+    from nesylib.generate import generate_batch
+    from nesylib.stopping import DEFAULT_STOP_STRINGS
     from nesylib.models import load_model
 
     torch.set_num_threads(args.threads)

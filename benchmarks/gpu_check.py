@@ -111,7 +111,7 @@ def train_rows():
 
 
 def train_worker(backend: str) -> dict:
-    from nesylib.train import pick_backend
+    from nesylib.backends import pick_backend
 
     pick_backend(backend)  # before transformers: Unsloth patches it at import
     from nesylib.train import TrainConfig, train_lora

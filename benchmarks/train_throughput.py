@@ -105,7 +105,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.worker:
-        from nesylib.train import pick_backend
+        from nesylib.backends import pick_backend
 
         pick_backend(args.worker)  # first: unsloth must be imported before transformers
         print(json.dumps(run_one(args.worker, True, args)))

@@ -23,7 +23,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from nesylib import custom_data
+from nesylib import custom_data, custom_records
 from nesylib.errors import ConfigError, DataError
 from nesylib.files import read_jsonl  # noqa: F401 (read here by many modules)
 from nesylib.sources import fetch
@@ -269,7 +269,7 @@ def dataset_splits(name: str) -> list[str]:
     configured set, those its rows fall in."""
     entry = custom_datasets().get(name)
     if entry is not None:
-        return custom_data.splits(entry)
+        return custom_records.splits(entry)
     return ["train", "test"] if name in IN_DOMAIN else ["test"]
 
 
@@ -277,7 +277,7 @@ def load_dataset_records(name: str, split: str = "test", data_dir=None, tasks=No
     """Records of one benchmark by its project name (see ``known_datasets``)."""
     entry = custom_datasets().get(name)
     if entry is not None:
-        return custom_data.load_records(entry, split)
+        return custom_records.load_records(entry, split)
     if name == "bbh":
         return load_bbh(split, tasks, data_dir)
     if name == "gsm8k":

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Callable
 
 from nesylib.errors import ConfigError
-from nesylib.generate import GenOutput, generate_batch
+from nesylib.generate import generate_batch
+from nesylib.stopping import GenOutput
 from nesylib.vllm_engine import VLLMEngine, vllm_available
 
 ENGINES = ("hf", "vllm", "auto")

@@ -25,7 +25,8 @@ from typing import Callable, Mapping, Sequence
 
 from nesylib.errors import ConfigError, DataError
 from nesylib.adapters import _merged_adapter, merge_lora  # noqa: F401 (merge_lora: public here too)
-from nesylib.generate import DEFAULT_STOP_STRINGS, Sampling
+from nesylib.generate import Sampling
+from nesylib.stopping import DEFAULT_STOP_STRINGS
 
 FLOOR_NEW_TOKENS = 320
 TARGET_MARGIN = 1.3

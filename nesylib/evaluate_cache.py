@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 _EVAL_CODE = ("generate.py", "evaluate.py", "adapters.py", "extract.py", "metrics.py", "flops.py", "vllm_engine.py",
-              "engines.py")
+              "engines.py", "stopping.py", "decode.py")
 
 
 def numeric_setting(batch_size: int, engine: str = "hf") -> dict:

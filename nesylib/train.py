@@ -26,29 +26,30 @@ processes; the global batch is per_device_batch x grad_accum x world_size. Calle
 notebook), ``train_lora`` launches ``torchrun`` (or ``$NESYLIB_LAUNCHER``, e.g. ``accelerate launch`` with
 configs/accelerate/zero2.yaml) on ``python -m nesylib train-job`` and waits; under a launcher it trains its share.
 The process handling itself is ``nesylib.distributed``; the recipe and run key are ``nesylib.train_config``;
-the run folder and its checkpoints ``nesylib.checkpoints``; saved adapters (merge, export, load) ``nesylib.adapters``.
+the backend, dtype and model loading ``nesylib.backends``; the loss ``nesylib.loss``; the run folder and its
+checkpoints ``nesylib.checkpoints``; saved adapters (merge, export, load) ``nesylib.adapters``.
 """
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import inspect
 import json
 import logging
 import math
 import shutil
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
 from nesylib.adapters import export_model, load_student, merge_adapter  # noqa: F401 (nesylib.train's API)
+from nesylib.backends import _load_trainable, pick_backend, use_bf16_autocast
 from nesylib.checkpoints import RESULT_FILE, checkpoints, finished_run, prepare_out_dir
 from nesylib.files import atomic_dir, write_json
 from nesylib.distributed import (check_dealt_loader, from_main, init_process_group, launch_job,
                                  launched_world_size, load_optimizer_on_cpus, pool_over_processes, total_over_processes)
 from nesylib.errors import ConfigError, ModelError
+from nesylib.loss import group_weighted_ce, target_token_norms
 from nesylib.prompts import Example
 from nesylib.sft_data import (ItemCollator, ItemDataset, StreamSampler, TruncationStats, encode_items,
                               item_order)
@@ -61,147 +62,7 @@ _JOB_FILE = "job.json"
 _log = logging.getLogger(__name__)
 
 
-# ------------------------------------------------------------------------------------ backends
-_BACKEND_CHOICE: dict[str, str] = {}
-
-
-def pick_backend(requested: str = "auto") -> str:
-    """'unsloth' when CUDA, the package and its import all work, else 'hf' (transformers + peft).
-
-    Call it at the top of a notebook, before anything imports transformers: unsloth must patch
-    transformers and peft at import time. ``requested='unsloth'`` raises if it cannot be used.
-    """
-    if requested not in BACKENDS:
-        raise ConfigError(f"backend={requested!r}: must be one of {BACKENDS}")
-    if requested == "hf":
-        return "hf"
-    if "unsloth" not in _BACKEND_CHOICE:
-        reason = None
-        if not torch.cuda.is_available():
-            reason = "no CUDA device"
-        elif importlib.util.find_spec("unsloth") is None:
-            reason = "the unsloth package is not installed (pip install 'nesylib[gpu]')"
-        else:
-            try:
-                import unsloth  # noqa: F401  (NotImplementedError without a GPU, not ImportError)
-            except Exception as e:  # noqa: BLE001
-                reason = f"import unsloth failed: {e!r}"
-        _BACKEND_CHOICE["unsloth"] = reason or ""
-    reason = _BACKEND_CHOICE["unsloth"]
-    if not reason:
-        return "unsloth"
-    if requested == "unsloth":
-        raise ModelError(f"backend='unsloth' was requested but cannot be used: {reason}")
-    if torch.cuda.is_available():
-        warnings.warn(f"unsloth unavailable ({reason}); training with transformers+peft")
-    return "hf"
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when torch's CPU kernels run bf16 matmuls natively (AVX512-BF16 or AMX). Elsewhere (e.g. an
-    AVX2-only CPU) bf16 falls back to a scalar path about 30x slower than fp32, so autocast must stay off."""
-    cap = str(torch.backends.cpu.get_cpu_capability()).upper()
-    if "AMX" in cap:
-        return True
-    try:
-        flags = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def use_bf16_autocast(setting, cuda: bool) -> bool:
-    """Whether training runs under bf16 autocast: ``True``/``False`` as given (True still needs bf16
-    support on a GPU), ``"auto"`` where the device computes bf16 natively."""
-    if setting == "auto":
-        return torch.cuda.is_bf16_supported() if cuda else cpu_has_native_bf16()
-    return bool(setting) and (not cuda or torch.cuda.is_bf16_supported())
-
-
-def _dtype(config: TrainConfig, cuda: bool) -> torch.dtype:
-    if config.model_dtype == "auto":
-        return torch.bfloat16 if cuda else torch.float32
-    return getattr(torch, config.model_dtype)
-
-
-def _linear_names(model) -> list[str]:
-    """Leaf names of the Linear layers except the output head: 'all-linear' spelled out for unsloth."""
-    return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                   if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head")})
-
-
-def _load_trainable(path: str, config: TrainConfig, backend: str, init_adapter: str | None):
-    """(peft model, tokenizer) with fresh seeded LoRA weights or the weights of ``init_adapter``."""
-    from peft import LoraConfig, PeftModel, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
-
-    set_seed(config.seed)  # LoRA A matrices are random: seed them
-    cuda = torch.cuda.is_available()
-    if backend == "unsloth":
-        from unsloth import FastLanguageModel
-
-        model, tok = FastLanguageModel.from_pretrained(model_name=path, max_seq_length=config.cutoff_len,
-                                                       dtype=_dtype(config, cuda), load_in_4bit=False)
-        if init_adapter is None:
-            targets = (_linear_names(model) if config.target_modules == "all-linear"
-                       else list(config.target_modules))
-            model = FastLanguageModel.get_peft_model(
-                model, r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                target_modules=targets, bias="none", random_state=config.seed,
-                use_gradient_checkpointing="unsloth" if config.gradient_checkpointing else False)
-    else:
-        tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(config, cuda))
-        if init_adapter is None:
-            lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                              target_modules=config.target_modules, bias="none", task_type="CAUSAL_LM")
-            model = get_peft_model(model, lora)  # LoRA weights stay fp32 over bf16 bases (D10)
-    if init_adapter is not None:
-        model = PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    model.config.use_cache = False
-    return model, tok
-
-
-# ------------------------------------------------------------------------------------ the loss
-def group_weighted_ce(logits: torch.Tensor, targets: torch.Tensor, group_ids: torch.Tensor,
-                      weights: torch.Tensor, norms: torch.Tensor | None = None
-                      ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-    """The training loss: sum over groups g in the batch of weights[g] * CE_g.
-
-    ``logits[b, k]`` predicts ``targets[b, k]`` (-100 = no loss); ``group_ids[b]`` is sequence b's
-    group. Without ``norms``, CE_g is the token mean over g's tokens in this batch. With ``norms``
-    (per group: the run's mean number of g's target tokens per micro-batch), CE_g is the token
-    *sum* divided by that constant, so every target token of the run weighs the same whichever
-    batch it lands in: one cross-entropy over the concatenated data, where each format counts by
-    its share of target tokens (D14), and a batch of short answer-only targets no longer weighs as
-    much as a batch of long rationales. Returns the loss and each group's token-mean CE (for logs).
-    """
-    ce = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
-                                           ignore_index=-100, reduction="none").view_as(targets)
-    valid = targets != -100
-    loss = logits.new_zeros((), dtype=torch.float32)
-    parts = {}
-    for g in group_ids.unique().tolist():
-        m = valid & (group_ids == g)[:, None]
-        total = ce[m].sum()
-        parts[g] = total.detach() / m.sum().clamp(min=1)
-        loss = loss + weights[g] * (total / norms[g] if norms is not None else total / m.sum().clamp(min=1))
-    return loss, parts
-
-
-def target_token_norms(items: list, order: list[int], batch_size: int, n_groups: int) -> list[float]:
-    """Per group, the mean number of its target tokens in one micro-batch of the run's stream
-    (``order``: item indices, consecutive ``batch_size`` items form a micro-batch)."""
-    n_batches = max(1, math.ceil(len(order) / batch_size))
-    totals = [0] * n_groups
-    for i in order:
-        for seq in items[i]:
-            totals[seq.group] += seq.n_target
-    return [max(t / n_batches, 1.0) for t in totals]
-
-
+# ------------------------------------------------------------------------------------ the trainer
 def _trainer_class():
     from transformers import Trainer
 
@@ -520,5 +381,3 @@ def run_job(job_file: str | Path) -> TrainResult:
         examples = [Example(**e) for e in job["examples"]]
     return train_lora(job["model"], examples, config, job["out_dir"], resume=job.get("resume", True),
                       init_adapter=job.get("init_adapter"), keep_checkpoints=job.get("keep_checkpoints", False))
-
-

@@ -1,6 +1,6 @@
 """vLLM behind ``generate_batch``'s signature, for GPU machines (``VLLMEngine``; the authors' engine, method.md
 §6.1). vLLM is imported only when asked for; one engine per base model is kept for the process, LoRA adapters
-are served on it unmerged, and the stop rules of ``nesylib.generate`` are replayed over the token ids it returns.
+are served on it unmerged, and the stop rules of ``nesylib.stopping`` are replayed over the token ids it returns.
 """
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nesylib.errors import ConfigError, ModelError
-from nesylib.generate import (DEFAULT_MAX_NEW_TOKENS, DEFAULT_STOP_STRINGS, GenOutput, Sampling,
-                              StopRule, apply_stop_rules, eos_token_ids, prepare_requests)
+from nesylib.generate import Sampling, prepare_requests
+from nesylib.stopping import (DEFAULT_MAX_NEW_TOKENS, DEFAULT_STOP_STRINGS, GenOutput, StopRule, apply_stop_rules,
+                              eos_token_ids)
 
 # vLLM's own settings that the engine passes to ``vllm.LLM`` unless told otherwise. LoRA is on from the
 # start, so the base model and every adapter share one engine (an adapter never rebuilds it).

@@ -10,7 +10,8 @@ from nesylib import prompts
 from nesylib.errors import ConfigError, DataError
 from nesylib.evaluate import (BBH_MAX_NEW_TOKENS, GSM8K_MAX_NEW_TOKENS, TASK_SPECS, TaskSpec, cap_from_targets,
                               evaluate, get_task_spec, merge_lora)
-from nesylib.generate import GenOutput, generate_batch
+from nesylib.generate import generate_batch
+from nesylib.stopping import GenOutput
 
 LOG_KEYS = {"uid", "dataset", "task", "method", "prompt", "output", "scored_output", "answer", "gold", "correct",
             "correct_strict", "has_answer", "well_formed", "prompt_tokens", "generated_tokens", "stopped_by",

@@ -102,7 +102,8 @@ def test_bad_input_is_named(records, knowledge):
 @pytest.mark.parametrize("method", TRAIN_METHODS)
 def test_each_format_trains(method, records, knowledge, tiny_model_dir, tmp_path):
     """trl's pattern: a few real steps per format; loss finite and every trainable tensor moved."""
-    from nesylib.train import TrainConfig, _load_trainable, train_lora
+    from nesylib.backends import _load_trainable
+    from nesylib.train import TrainConfig, train_lora
 
     cfg = TrainConfig(lora_r=4, lora_alpha=8, max_steps=3, per_device_batch=2, grad_accum=1, warmup_ratio=0.0,
                       lr=1e-2, cutoff_len=256, logging_steps=1, save_steps=100)

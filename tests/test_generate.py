@@ -6,8 +6,9 @@ import torch
 
 from nesylib.errors import ConfigError
 from nesylib.engines import get_engine
-from nesylib.generate import (AUTHORS_STOP_STRINGS, DEFAULT_STOP_STRINGS, PREFILL_SLACK, RepetitionRule, Sampling,
-                              _sdpa_gqa_forward, apply_stop_rules, eos_token_ids, generate_batch)
+from nesylib.decode import PREFILL_SLACK, _sdpa_gqa_forward
+from nesylib.generate import Sampling, generate_batch
+from nesylib.stopping import AUTHORS_STOP_STRINGS, DEFAULT_STOP_STRINGS, RepetitionRule, apply_stop_rules, eos_token_ids
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -11,7 +11,8 @@ from transformers import AutoTokenizer
 
 from nesylib.errors import ConfigError
 from nesylib.formats import examples_for
-from nesylib.train import TrainConfig, Stage, _build_stream, group_weighted_ce, target_token_norms
+from nesylib.loss import group_weighted_ce, target_token_norms
+from nesylib.train import TrainConfig, Stage, _build_stream
 
 
 def _records(n):

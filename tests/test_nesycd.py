@@ -8,7 +8,7 @@ from nesylib import nesycd
 from nesylib import prompts
 from nesylib.data import load_bbh, load_gsm8k, subsample
 from nesylib.errors import ConfigError
-from nesylib.generate import GenOutput
+from nesylib.stopping import GenOutput
 from nesylib.kb import KnowledgeBase, build_kb
 from nesylib.nesycd import collect_demonstrations, kb_prompts, se_training_examples, strip_student_output
 from nesylib.teacher.base import TeacherReply

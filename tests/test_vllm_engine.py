@@ -18,7 +18,8 @@ import torch
 from nesylib import generate, vllm_engine
 from nesylib.engines import get_engine
 from nesylib.errors import ConfigError, ModelError
-from nesylib.generate import DEFAULT_STOP_STRINGS, Sampling, apply_stop_rules, encode_prompts
+from nesylib.generate import Sampling, encode_prompts
+from nesylib.stopping import DEFAULT_STOP_STRINGS, apply_stop_rules, eos_token_ids
 from nesylib.vllm_engine import ModelFiles, lora_support
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,7 +173,7 @@ def test_one_engine_for_calls_and_adapters(fake, tok, tiny_model_dir, adapters):
 
 def test_caps_seeds_greedy_stop_rules_and_order(fake, tok, canned, tiny_model_dir, adapters):
     model = ModelFiles.load(str(tiny_model_dir), adapters["a"])
-    eos = generate.eos_token_ids(model, tok)
+    eos = eos_token_ids(model, tok)
     assert eos == [tok.eos_token_id]
     eng = get_engine("vllm")
     # reversed prompt order: each output must still belong to its own prompt
