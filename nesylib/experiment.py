@@ -12,9 +12,6 @@ from pathlib import Path
 from nesylib import data
 from nesylib.errors import ConfigError
 
-SELECTION_SCHEMA = {"seed": int, "bbh_tasks": (list, type(None)), "train_per_task": (int, type(None)),
-                    "gsm8k_train": (int, type(None)), "eval_per_task": dict}
-
 
 def _check_names(names, parameter: str) -> None:
     known = data.known_datasets()

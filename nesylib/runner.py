@@ -19,9 +19,10 @@ from pathlib import Path
 
 from nesylib.files import (file_hash, read_json, remove_stale_tmps, replace_dir,
                            stable_hash, tmp_path, write_json)
+from nesylib import param_model
 from nesylib.errors import ConfigError, NesylibError
 
-from nesylib.runs import (NOTEBOOKS_DIR, REPO_ROOT, RUNS_DIR, STAGE_DIR_ENV, STAGE_NAME_ENV,
+from nesylib.runs import (NOTEBOOKS_DIR, READS_FILE, REPO_ROOT, RUNS_DIR, STAGE_DIR_ENV, STAGE_NAME_ENV,
                           load_preset, notebook_params)
 
 FAILED_SUFFIX = ".failed"
@@ -50,10 +51,46 @@ def list_notebooks(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Path]:
     return order + last
 
 
-def _cache_key(nb: Path, params: dict, upstream_keys: list[str]) -> str:
+def _key_parts(nb: Path, params: dict, upstream_keys: list[str]) -> dict:
+    """What a notebook's cache key is made of: its source, its parameters, the package's code and the keys
+    of the notebooks before it. done.json keeps them, so a rerun can say which one changed."""
     pkg = sorted(p for p in (REPO_ROOT / "nesylib").rglob("*.py"))
-    code = stable_hash([file_hash(p) for p in pkg])
-    return stable_hash({"nb": file_hash(nb), "params": params, "code": code, "upstream": upstream_keys})
+    return {"notebook": file_hash(nb), "parameters": stable_hash(params),
+            "code": stable_hash([file_hash(p) for p in pkg]), "upstream": stable_hash(upstream_keys)}
+
+
+_PART_NAMES = {"notebook": "the notebook", "parameters": "its parameters", "code": "nesylib's code",
+               "upstream": "an earlier notebook's run"}
+
+
+def input_hashes(root: Path, folders: list[str]) -> dict[str, str]:
+    """The content hash of every file in the folders a notebook read (``reads.json``: names relative to the
+    run root, or absolute), done.json files aside: a hand-edited kb.jsonl changes them."""
+    out = {}
+    for name in folders:
+        folder = root / name
+        for p in sorted(folder.rglob("*")) if folder.is_dir() else []:
+            if p.is_file() and p.name != "done.json":
+                rel = p.relative_to(root) if p.is_relative_to(root) else p
+                out[rel.as_posix()] = file_hash(p)
+    return out
+
+
+def _stale_because(done: dict, parts: dict, root: Path) -> str | None:
+    """Why a completed run no longer answers for this one (None: it does)."""
+    old = done.get("parts")
+    if not old:
+        return "its last run was made by an older nesylib"
+    changed = [_PART_NAMES[k] for k in _PART_NAMES if old.get(k) != parts[k]]
+    if changed:
+        return ", ".join(changed) + " changed"
+    stored = done.get("inputs") or {}
+    now = input_hashes(root, done.get("reads") or [])
+    edited = sorted(k for k in set(stored) | set(now) if stored.get(k) != now.get(k))
+    if edited:
+        more = f" and {len(edited) - 3} more" if len(edited) > 3 else ""
+        return f"what it read changed since it ran: {', '.join(edited[:3])}{more}"
+    return None
 
 
 def _declared_params(nb: Path, preset: dict, stem: str) -> dict:
@@ -179,6 +216,8 @@ def run_preset(preset_name: str | dict, only: list[str] | None = None, force: bo
 def _run_notebooks(preset: dict, root: Path, only, force: bool, notebooks_dir: Path, kernel, log,
                    datasets: dict | None = None, heartbeat_s: float | None = None) -> list[dict]:
     nbs = list_notebooks(notebooks_dir)
+    if Path(notebooks_dir).resolve() == NOTEBOOKS_DIR.resolve():  # the project's notebooks: the whole preset
+        param_model.check_preset(preset, preset.get("_file") or f"preset {preset['name']!r}")
     skip = set(preset.get("skip", []) or [])
     if only:
         unknown = sorted(set(only) - {p.stem for p in nbs})
@@ -193,18 +232,22 @@ def _run_notebooks(preset: dict, root: Path, only, force: bool, notebooks_dir: P
         params["run_root"] = str(root)
         # Every notebook's key counts, run or not, so that `--only` runs (e.g. independent notebooks
         # on separate GPUs) and a later full run agree on what is already done.
-        key = _cache_key(nb, {**params, "_datasets": datasets} if datasets else params, keys)
+        parts = _key_parts(nb, {**params, "_datasets": datasets} if datasets else params, keys)
+        key = stable_hash(parts)
         keys.append(key)
         if only and stem not in only:
             continue
-        done = root / stem / "done.json"
-        if not force and done.is_file() and read_json(done).get("key") == key:
-            log(f"[{i}/{len(nbs)}] {stem}: unchanged, cached ({read_json(done).get('seconds', 0):.0f} s originally)")
+        done = read_json(root / stem / "done.json") if (root / stem / "done.json").is_file() else None
+        why = _stale_because(done, parts, root) if done else None
+        if not force and done and not why:
+            log(f"[{i}/{len(nbs)}] {stem}: unchanged, cached ({done.get('seconds', 0):.0f} s originally)")
             summary.append({"notebook": stem, "status": "cached"})
             continue
         last = _last_seconds(root / stem)
-        log(f"[{i}/{len(nbs)}] {stem}: running ..." + (f" (last time {_duration(last)})" if last else ""))
-        secs = run_notebook(nb, root, params, key, notebooks_dir, kernel, log=log, heartbeat_s=heartbeat_s)
+        log(f"[{i}/{len(nbs)}] {stem}: running ..." + (f" (last time {_duration(last)})" if last else "")
+            + (f" because {why}" if why and not force else ""))
+        secs = run_notebook(nb, root, params, key, notebooks_dir, kernel, log=log, heartbeat_s=heartbeat_s,
+                            parts=parts)
         log(f"[{i}/{len(nbs)}] {stem}: done in {secs:.0f} s")
         summary.append({"notebook": stem, "status": "ran", "seconds": secs})
     return summary
@@ -267,11 +310,13 @@ def _stage_env(stem: str, stage: Path):
 
 
 def run_notebook(nb: Path, root: Path, params: dict, key: str, notebooks_dir: Path = NOTEBOOKS_DIR,
-                 kernel: str | None = None, log=print, heartbeat_s: float | None = None) -> float:
+                 kernel: str | None = None, log=print, heartbeat_s: float | None = None,
+                 parts: dict | None = None) -> float:
     """Execute one notebook into a staging folder and swap it in on success; returns its seconds.
 
     The notebook writes into a fresh staging folder ``tmp_path(<root>/<stem>)``, and papermill
-    writes the executed notebook into it too. On success done.json is written there, the executed
+    writes the executed notebook into it too. On success done.json is written there (the key, its
+    ``parts``, and the content hashes of the folders the notebook read, ``input_hashes``), the executed
     notebook is moved to ``<root>/<stem>.ipynb`` and the staging folder replaces ``<root>/<stem>``
     (``replace_dir``). On any failure the staging folder, executed notebook included, becomes
     ``<root>/<stem>.failed/`` with an ``error.txt``; the previous complete folder and executed
@@ -298,8 +343,9 @@ def run_notebook(nb: Path, root: Path, params: dict, key: str, notebooks_dir: Pa
             pm.execute_notebook(str(nb), str(nb_tmp), parameters=params, kernel_name=kernel,
                                 progress_bar=False, cwd=str(notebooks_dir), engine_name=nbexec.ENGINE)
         secs = time.time() - t0
-        write_json(stage / "done.json", {"key": key, "seconds": secs,
-                                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        reads = read_json(stage / READS_FILE) if (stage / READS_FILE).is_file() else []
+        write_json(stage / "done.json", {"key": key, "seconds": secs, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                         "parts": parts, "reads": reads, "inputs": input_hashes(root, reads)})
         _set_output_path(nb_tmp, out_nb)
         # the notebook first: should the process die between the two renames, the old done.json
         # still describes the old folder, so the next run repeats this one instead of trusting it

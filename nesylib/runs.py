@@ -7,7 +7,8 @@ Layout of one preset run (``results/runs/<preset>/``)::
     00_data/params.json           the parameters it ran with
     00_data/env.json              package versions, device, git commit, backend
     00_data/results.json          what the notebook reports
-    00_data/done.json             cache key of a completed run (inputs unchanged => skipped)
+    00_data/done.json             cache key of a completed run, its parts, hashes of what it read
+    03_nesycd_training/reads.json the earlier folders a notebook read (RunContext.upstream)
     ...                           the notebook's own artifacts
     00_data.failed/               the last failed attempt, when there is one (see below)
     students/                     trained students and their evaluations, shared by all notebooks
@@ -76,6 +77,7 @@ def load_preset(name_or_path: str) -> dict:
         if key not in preset:
             raise ConfigError(f"{path}: preset lacks top-level key {key!r}")
     preset.setdefault("notebooks", {})
+    preset["_file"] = str(path)  # named in the errors of param_model.check_preset
     if preset.get("datasets") is not None:
         from nesylib import custom_data, data
 
@@ -152,6 +154,7 @@ def set_seed(seed: int) -> None:
 
 # ------------------------------------------------------------------------- notebook context
 STAGE_NAME_ENV, STAGE_DIR_ENV = "NESYLIB_STAGE_NAME", "NESYLIB_STAGE_DIR"
+READS_FILE = "reads.json"  # the folders a notebook read (RunContext.record_read); hashed into done.json
 STORES_DIR = "stores"
 
 
@@ -198,13 +201,25 @@ class RunContext:
         return p
 
     def upstream(self, stem: str) -> Path:
-        """The folder of an earlier notebook of the same preset run; it must have completed."""
+        """The folder of an earlier notebook of the same preset run; it must have completed. It is recorded
+        as read (``record_read``)."""
         d = self.dir.parent / stem
         if not (d / "results.json").is_file():
             raise ConfigError(f"{self.name} needs the outputs of {stem}, but {d}/results.json does not exist; "
                               f"run that notebook first (python -m nesylib run --preset {self.params.get('preset')} "
                               f"--only {stem})")
+        self.record_read(d)
         return d
+
+    def record_read(self, folder: str | Path) -> None:
+        """Note in ``reads.json`` that this notebook read ``folder``: the runner keeps the content hashes of
+        its files in done.json, so editing one of them (e.g. a kb.jsonl by hand) re-runs this notebook,
+        and the run log names the file."""
+        root, folder = self.dir.parent.resolve(), Path(folder).resolve()
+        name = folder.relative_to(root).as_posix() if folder.is_relative_to(root) else str(folder)
+        reads_file = self.dir / READS_FILE
+        reads = read_json(reads_file) if reads_file.is_file() else []
+        write_json(reads_file, sorted(set(reads) | {name}))
 
     def save_results(self, results: dict) -> Path:
         """Write results.json; paths into the staging folder are written as the final folder's."""
@@ -226,22 +241,9 @@ class RunContext:
         return obj
 
 
-def validate(params: dict, schema: dict) -> None:
-    """schema: name -> type, tuple of types, or a list of allowed values. Errors name the parameter."""
-    for name, rule in schema.items():
-        if name not in params:
-            raise ConfigError(f"missing parameter {name!r}")
-        value = params[name]
-        if isinstance(rule, list):
-            if value not in rule:
-                raise ConfigError(f"parameter {name!r} = {value!r}; allowed values: {rule}")
-        elif not isinstance(value, rule):
-            expected = rule.__name__ if isinstance(rule, type) else " or ".join(t.__name__ for t in rule)
-            raise ConfigError(f"parameter {name!r} = {value!r} must be {expected}")
-
-
-def start(name: str, params: dict, schema: dict | None = None, run_root: str | Path | None = None) -> RunContext:
-    """Validate parameters, make the run folder, record params and environment, seed everything.
+def start(name: str, params: dict, run_root: str | Path | None = None) -> RunContext:
+    """Make the run folder, record params and environment, seed everything. The project's notebooks call
+    it through ``param_model.start``, which checks their values against the parameter model first.
 
     A notebook run by hand (papermill, Jupyter) whose ``preset`` names a preset file must have been
     given that preset's values: ``-p preset smoke`` alone would run the defaults under the preset's
@@ -251,8 +253,6 @@ def start(name: str, params: dict, schema: dict | None = None, run_root: str | P
     stage = _staging_dir(name, root)
     if stage is None:
         check_preset_values(name, params)
-    if schema:
-        validate(params, schema)
     final_dir = root / name
     run_dir = stage or final_dir
     run_dir.mkdir(parents=True, exist_ok=True)

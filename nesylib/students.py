@@ -125,14 +125,18 @@ def student_dir(run_root, method: str, examples, config, base: str) -> Path:
     Two notebooks that train the same method on the same examples with the same recipe (Std-CoT
     in 05 and NesyCD's S_P in 02) get the same folder, and the engine reuses the finished run.
     """
-    from nesylib.runs import stable_hash
-    from nesylib.train import TRACKING_ONLY, config_key
+    from dataclasses import asdict
 
-    flat = examples if not examples or not hasattr(examples[0], "examples") else \
-        [(st.steps, st.examples) for st in examples]
+    from nesylib.files import stable_hash
+    from nesylib.train_config import TRACKING_ONLY, config_key
+
+    if examples and hasattr(examples[0], "examples"):  # curriculum stages: each stage's steps and examples
+        content = [[st.steps, [asdict(e) for e in st.examples]] for st in examples]
+    else:
+        content = [asdict(e) for e in examples]
     # logging settings leave the weights alone: the same folder with or without them (world_size: keyed from 2)
     cfg = config_key(config, TRACKING_ONLY)
-    key = stable_hash({"base": base, "config": cfg, "examples": repr(flat)})
+    key = stable_hash({"base": base, "config": cfg, "examples": content})
     return Path(run_root) / "students" / f"{method}-{key}"
 
 

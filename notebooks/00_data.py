@@ -21,10 +21,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from nesylib import data, runs
+from nesylib import data, param_model
 
-ctx = runs.start("00_data", dict(preset=preset, run_root=run_root, data_dir=data_dir, seed=seed, datasets=datasets),
-                 schema={"datasets": list, "seed": int})
+ctx = param_model.start("00_data", globals())
 unknown = sorted(set(datasets) - set(data.known_datasets()))
 if unknown:
     raise ValueError(f"parameter 'datasets' has unknown names {unknown}; allowed: {data.known_datasets()}")

@@ -26,40 +26,32 @@ preset: str = "adhoc"
 run_root: Optional[str] = None
 data_dir: Optional[str] = None
 seed: int = 42
-bbh_tasks: Optional[list] = None      # None: all 27 tasks
-train_per_task: Optional[int] = None  # None: every BBH train item
-gsm8k_train: Optional[int] = None     # None: all 7473 items; 0 excludes GSM8K
+bbh_tasks: Optional[list] = None         # None: all 27 tasks
+train_per_task: Optional[int] = None     # None: every BBH train item
+gsm8k_train: Optional[int] = None        # None: all 7473 items; 0 excludes GSM8K
 train_datasets: list = ["bbh", "gsm8k"]  # sets taught: bbh and gsm8k as above, others at most train_per_task per task
-teacher_backend: str = "replay"       # replay | openai | local
-teacher_model: str = "auto"           # replay: auto | codex | gsm8k; openai/local: the model name
-teacher_base_url: Optional[str] = None
-api_key_env: str = "OPENAI_API_KEY"
+teacher_backend: str = "replay"          # openai | local | replay
+teacher_model: str = "auto"              # replay: auto | codex | gsm8k; openai/local: the model name
+teacher_base_url: Optional[str] = None   # openai: e.g. http://localhost:8000/v1 for a vLLM server
+api_key_env: str = "OPENAI_API_KEY"      # the environment variable that holds the API key
+store_path: Optional[str] = None         # None: <run_root>/stores/01_teacher_distillation/teacher_store.jsonl
+concurrency: int = 8                     # calls in flight at once
+budget_usd: Optional[float] = None       # stop new paid teacher calls beyond this spend (needs price_in_out)
+price_in_out: Optional[list] = None      # [USD per 1M input tokens, USD per 1M output tokens] of teacher_model
+max_retries: int = 6                     # extra attempts for any failed call (429/5xx, timeout, malformed or empty reply)
 # CasCoD's sampling schedule: 2 samples at T 0.2, then one more sample and T + 0.1 per round
 max_rounds: int = 4
-concurrency: int = 8
-max_retries: int = 6                  # extra attempts for any failed call (429/5xx, timeout, malformed or empty reply)
-budget_usd: Optional[float] = None    # stop new paid calls beyond this spend
-price_in_out: Optional[list] = None   # [USD per 1M input tokens, USD per 1M output tokens] for the cost summary
-store_path: Optional[str] = None      # None: <run_root>/stores/01_teacher_distillation/teacher_store.jsonl
 
 # %%
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from nesylib import experiment, runs
+from nesylib import experiment, param_model
 from nesylib.teacher import SampleSchedule, generate_rationales, replay_rationales, teacher_from_params
 from nesylib.teacher.cot import check_complete
 
-params = dict(preset=preset, run_root=run_root, data_dir=data_dir, seed=seed, bbh_tasks=bbh_tasks,
-              train_per_task=train_per_task, gsm8k_train=gsm8k_train, train_datasets=train_datasets,
-              teacher_backend=teacher_backend,
-              teacher_model=teacher_model, teacher_base_url=teacher_base_url, api_key_env=api_key_env,
-              max_rounds=max_rounds, concurrency=concurrency, max_retries=max_retries, budget_usd=budget_usd,
-              price_in_out=price_in_out, store_path=store_path)
-ctx = runs.start("01_teacher_distillation", params,
-                 schema={"teacher_backend": ["replay", "openai", "local"], "max_rounds": int, "concurrency": int,
-                         "max_retries": int, "seed": int, "train_datasets": list})
+ctx = param_model.start("01_teacher_distillation", globals())
 train = experiment.select_train(bbh_tasks, train_per_task, gsm8k_train, seed, data_dir, train_datasets)
 print(f"{len(train)} training questions")
 

@@ -41,9 +41,9 @@ max_new_tokens: Optional[int] = None       # None: per-task caps (calibration.md
 tutor_backend: str = "derived"             # derived | openai | local
 tutor_model: Optional[str] = None          # openai/local: the model name
 tutor_base_url: Optional[str] = None       # openai: e.g. http://localhost:8000/v1 for a vLLM server
-api_key_env: str = "OPENAI_API_KEY"
+api_key_env: str = "OPENAI_API_KEY"        # the environment variable that holds the API key
 store_path: Optional[str] = None           # None: <run_root>/stores/02_kb_construction/tutor_store.jsonl
-concurrency: int = 8
+concurrency: int = 8                       # calls in flight at once
 budget_usd: Optional[float] = None         # stop new paid tutor calls beyond this spend (needs price_in_out)
 price_in_out: Optional[list] = None        # [USD per 1M input tokens, USD per 1M output tokens] of tutor_model
 demo_items_per_task: Optional[int] = None  # S_P answers at most this many training questions per task; None: all
@@ -56,22 +56,11 @@ min_knowledge_share: float = 0.5           # stop when the tutor gives a usable 
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from nesylib import experiment, nesycd, runs, students
+from nesylib import experiment, nesycd, param_model, students
 from nesylib.train import pick_backend
 
 backend = pick_backend()  # before transformers is used: unsloth patches it on a GPU
-params = dict(preset=preset, run_root=run_root, data_dir=data_dir, seed=seed, student=student, bbh_tasks=bbh_tasks,
-              train_per_task=train_per_task, gsm8k_train=gsm8k_train, eval_per_task=eval_per_task, train=train,
-              eval_batch_size=eval_batch_size, max_new_tokens=max_new_tokens, tutor_backend=tutor_backend,
-              tutor_model=tutor_model, tutor_base_url=tutor_base_url, api_key_env=api_key_env, store_path=store_path,
-              concurrency=concurrency, budget_usd=budget_usd, price_in_out=price_in_out,
-              demo_items_per_task=demo_items_per_task, retriever=retriever, gate=gate, gate_threshold=gate_threshold,
-              min_knowledge_share=min_knowledge_share)
-ctx = runs.start("02_kb_construction", params,
-                 schema={**experiment.SELECTION_SCHEMA, "train": dict, "eval_batch_size": int,
-                         "tutor_backend": list(nesycd.TUTOR_BACKENDS), "retriever": ["bm25", "dense"],
-                         "concurrency": int, "demo_items_per_task": (int, type(None)), "gate": bool,
-                         "gate_threshold": (int, float), "min_knowledge_share": (int, float)})
+ctx = param_model.start("02_kb_construction", globals())
 cfg = students.train_config(train)
 train_recs = experiment.load_training_set(ctx)
 print(f"backend {backend}; {len(train_recs)} training items with an accepted rationale")

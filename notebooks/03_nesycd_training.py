@@ -29,8 +29,8 @@ eval_per_task: dict = {"bbh": None}
 train: dict = {}                      # nesylib.train.TrainConfig fields (the recipe every student shares)
 eval_batch_size: int = 16
 max_new_tokens: Optional[int] = None  # None: per-task caps (calibration.md); 1024 is the authors' protocol
-k_retrieve: int = 3
-k_insert: int = 1
+k_retrieve: int = 3                   # KB entries retrieved per question
+k_insert: int = 1                     # retrieved entries inserted into the prompt
 retriever: str = "bm25"               # bm25 | dense
 gate: bool = False                    # the confidence gate of method.md §3 step 4, fixed as D13 says
 gate_threshold: float = 68.0
@@ -45,22 +45,13 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from nesylib import experiment, nesycd, prompts, report, runs, students
+from nesylib import experiment, nesycd, param_model, prompts, report, students
 from nesylib.kb import KnowledgeBase
 from nesylib.knowledge import require_kb_entries
 from nesylib.train import pick_backend
 
 backend = pick_backend()  # before transformers is used: unsloth patches it on a GPU
-params = dict(preset=preset, run_root=run_root, data_dir=data_dir, seed=seed, student=student, bbh_tasks=bbh_tasks,
-              train_per_task=train_per_task, gsm8k_train=gsm8k_train, eval_per_task=eval_per_task, train=train,
-              eval_batch_size=eval_batch_size, max_new_tokens=max_new_tokens, k_retrieve=k_retrieve,
-              k_insert=k_insert, retriever=retriever, gate=gate, gate_threshold=gate_threshold,
-              own_summary=own_summary, compare_sp=compare_sp, ablation_no_knowledge=ablation_no_knowledge)
-ctx = runs.start("03_nesycd_training", params,
-                 schema={**experiment.SELECTION_SCHEMA, "train": dict, "eval_batch_size": int, "k_retrieve": int,
-                         "k_insert": int, "retriever": ["bm25", "dense"], "gate": bool,
-                         "gate_threshold": (int, float), "own_summary": bool, "compare_sp": bool,
-                         "ablation_no_knowledge": bool})
+ctx = param_model.start("03_nesycd_training", globals())
 if not 1 <= k_insert <= k_retrieve:
     raise ValueError(f"parameters k_insert={k_insert} and k_retrieve={k_retrieve}: need 1 <= k_insert <= k_retrieve")
 cfg = students.train_config(train)

@@ -40,16 +40,16 @@ max_new_tokens: Optional[int] = None      # None: per-task caps (calibration.md)
 knowledge_backend: str = "derived"        # derived | openai | local
 knowledge_model: Optional[str] = None     # openai/local: the model name
 knowledge_base_url: Optional[str] = None  # openai: e.g. http://localhost:8000/v1 for a vLLM server
-api_key_env: str = "OPENAI_API_KEY"
+api_key_env: str = "OPENAI_API_KEY"       # the environment variable that holds the API key
 store_path: Optional[str] = None          # None: <run_root>/stores/04_skintern_curriculum/knowledge_store.jsonl
-concurrency: int = 8
+concurrency: int = 8                      # calls in flight at once
 budget_usd: Optional[float] = None        # stop new paid knowledge calls beyond this spend (needs price_in_out)
 price_in_out: Optional[list] = None       # [USD per 1M input tokens, USD per 1M output tokens] of knowledge_model
 stages_T: int = 6                         # stages t in 0..T; T 6 with 6 demos gives the code's rule n_t 6-t (D15)
 schedule_kind: str = "linear"             # linear | exponential | step
 max_demos: int = 6                        # demonstrations at stage 0
 demo_mode: str = "random"                 # random (seeded per item and stage, D16) | similar (MiniLM cosine)
-compressor: str = "auto"                  # auto | self-info | truncate | llmlingua2
+compressor: str = "auto"                  # auto | self-info | llmlingua2 | truncate
 compressor_model: Optional[str] = None    # self-info scorer; None: the student
 epochs_budget: Optional[float] = None     # None: the Std-CoT budget of train (its max_steps, else its epochs)
 stage_cutoff_len: Optional[int] = None    # None: train's cutoff_len; smaller caps the stage prompts (a cost knob)
@@ -61,25 +61,11 @@ import dataclasses
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from nesylib import compress, curriculum, experiment, nesycd, prompts, report, runs, skintern, students
+from nesylib import compress, curriculum, experiment, nesycd, param_model, prompts, report, runs, skintern, students
 from nesylib.train import pick_backend
 
 backend = pick_backend()  # before transformers is used: unsloth patches it on a GPU
-params = dict(preset=preset, run_root=run_root, data_dir=data_dir, seed=seed, student=student, bbh_tasks=bbh_tasks,
-              train_per_task=train_per_task, gsm8k_train=gsm8k_train, eval_per_task=eval_per_task, train=train,
-              eval_batch_size=eval_batch_size, max_new_tokens=max_new_tokens, knowledge_backend=knowledge_backend,
-              knowledge_model=knowledge_model, knowledge_base_url=knowledge_base_url, api_key_env=api_key_env,
-              store_path=store_path, concurrency=concurrency, budget_usd=budget_usd, price_in_out=price_in_out,
-              stages_T=stages_T,
-              schedule_kind=schedule_kind, max_demos=max_demos, demo_mode=demo_mode, compressor=compressor,
-              compressor_model=compressor_model, epochs_budget=epochs_budget, stage_cutoff_len=stage_cutoff_len,
-              min_knowledge_share=min_knowledge_share)
-ctx = runs.start("04_skintern_curriculum", params,
-                 schema={**experiment.SELECTION_SCHEMA, "train": dict, "eval_batch_size": int,
-                         "knowledge_backend": list(nesycd.TUTOR_BACKENDS), "concurrency": int, "stages_T": int,
-                         "schedule_kind": list(curriculum.KINDS), "max_demos": int, "demo_mode": ["random", "similar"],
-                         "compressor": list(compress.COMPRESSORS), "epochs_budget": (int, float, type(None)),
-                         "stage_cutoff_len": (int, type(None)), "min_knowledge_share": (int, float)})
+ctx = param_model.start("04_skintern_curriculum", globals())
 cfg = students.train_config(train)
 cutoff = stage_cutoff_len or cfg.cutoff_len
 if cutoff > cfg.cutoff_len:

@@ -28,25 +28,21 @@ bbh_tasks: Optional[list] = None
 train_per_task: Optional[int] = None
 gsm8k_train: Optional[int] = None
 eval_per_task: dict = {"bbh": None}
-methods: list = ["base", "ft", "std", "mt-cot", "mt-re", "kard", "cascod"]
 train: dict = {}                      # nesylib.train.TrainConfig fields, e.g. epochs, lr, per_device_batch
 eval_batch_size: int = 16
 max_new_tokens: Optional[int] = None  # None: per-task caps (calibration.md); 1024 is the authors' protocol
-kard_k: int = 3
+methods: list = ["base", "ft", "std", "mt-cot", "mt-re", "kard", "cascod"]
+kard_k: int = 3                       # KARD: passages per question
 
 # %%
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from nesylib import experiment, report, runs, students
+from nesylib import experiment, param_model, report, students
 from nesylib.train import pick_backend
 
 backend = pick_backend()  # before transformers is used: unsloth patches it on a GPU
-params = dict(preset=preset, run_root=run_root, data_dir=data_dir, seed=seed, student=student, bbh_tasks=bbh_tasks,
-              train_per_task=train_per_task, gsm8k_train=gsm8k_train, eval_per_task=eval_per_task, methods=methods,
-              train=train, eval_batch_size=eval_batch_size, max_new_tokens=max_new_tokens, kard_k=kard_k)
-ctx = runs.start("05_baselines", params, schema={**experiment.SELECTION_SCHEMA, "methods": list, "train": dict,
-                                                  "eval_batch_size": int, "kard_k": int})
+ctx = param_model.start("05_baselines", globals())
 from nesylib.methods import check_methods
 
 check_methods(methods, ("base", "ft", "std", "mt-cot", "mt-re", "kard", "kaft", "cascod"))

@@ -37,7 +37,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
 
-from nesylib import runs, students
+from nesylib import param_model, students
 from nesylib.train import pick_backend
 
 backend = pick_backend()  # before transformers is used: unsloth patches it on a GPU
@@ -45,12 +45,7 @@ from nesylib import synth
 from nesylib.synth import ablations as ab
 from nesylib.synth import experiment as sx
 
-params = dict(preset=preset, run_root=run_root, seed=seed, student=student, eval_batch_size=eval_batch_size,
-              k_values=k_values, train_fractions=train_fractions, schedules=schedules,
-              content_variants=content_variants)
-ctx = runs.start("06_ablations", params, schema={"seed": int, "student": str, "eval_batch_size": int,
-                                                 "k_values": list, "train_fractions": list, "schedules": list,
-                                                 "content_variants": list})
+ctx = param_model.start("06_ablations", globals())
 sweeps = ab.check_sweeps(k_values, train_fractions, schedules, content_variants)
 src = ctx.upstream("08_synthetic_benchmark")
 base = ab.base_config(src, student)

@@ -23,8 +23,8 @@
 from typing import Optional
 preset: str = "adhoc"
 run_root: Optional[str] = None
-results_dir: Optional[str] = None  # None: this preset's run folder; or a folder such as ../results/cpu
 seed: int = 42
+results_dir: Optional[str] = None  # None: this preset's run folder; or a folder such as ../results/cpu
 student: str = "smollm2-135m"      # recorded only: the students come from the results
 
 # %%
@@ -32,13 +32,13 @@ from pathlib import Path
 
 from IPython.display import Image, Markdown, display
 
-from nesylib import report, runs
+from nesylib import param_model, report
 
-params = dict(preset=preset, run_root=run_root, results_dir=results_dir, seed=seed, student=student)
-ctx = runs.start("07_flops_and_figures", params,
-                 schema={"results_dir": (str, type(None)), "seed": int, "student": str})
+ctx = param_model.start("07_flops_and_figures", globals())
 source = Path(results_dir).resolve() if results_dir else ctx.dir.parent
 rep = report.build_report(source)
+for nb in rep.collected.notebooks.values():
+    ctx.record_read(nb.path.parent)  # its files are hashed into done.json: an edited one re-runs this notebook
 print(f"reading {source}")
 print("found:", ", ".join(rep.collected.notebooks))
 for note in rep.notes:

@@ -28,26 +28,26 @@ preset: str = "adhoc"
 run_root: Optional[str] = None
 seed: int = 42
 student: str = "smollm2-135m"
-train: dict = {}                      # nesylib.train.TrainConfig fields, shared by every notebook of a preset
-train_overrides: dict = {}            # fields replaced for this notebook only (e.g. a shorter budget)
+train: dict = {}                            # nesylib.train.TrainConfig fields, shared by every notebook of a preset
 eval_batch_size: int = 16
-max_new_tokens: Optional[int] = None  # None: per-task caps from the teacher rationales (1.3 x longest)
+max_new_tokens: Optional[int] = None        # None: per-task caps from the teacher rationales (1.3 x longest)
+train_overrides: dict = {}                  # fields replaced for this notebook only (e.g. a shorter budget)
 synth_config: Union[str, dict] = "default"  # default | smoke | a dict of SynthConfig overrides
 eval_per_task_synth: Union[int, dict, None] = None  # items per (split, task), a seeded subset: n, {"test": n, "ood": m}, or None (all 192 + 160)
 methods: list = ["std", "oracle", "kard", "nesycd", "skintern", "ft"]
-stages_T: int = 6                     # SKIntern stages t in 0..T (D15)
-max_demos: int = 6                    # SKIntern demos at stage 0 (n_t decays linearly)
-compressor: str = "self-info"         # self-info | truncate | llmlingua2 | auto
-k_retrieve: int = 3                   # NesyCD: KB hits retrieved per question
-k_insert: int = 1                     # NesyCD: hits inserted into the prompt
-kb_index_text: str = "question"       # NesyCD: entries are found by question (D13) | knowledge | both
-se_train_knowledge: str = "own"       # NesyCD S_E training knowledge: own analysis (D14) | retrieved (as at test time)
-se_keep_own: float = 0.0              # with "retrieved": share of error items whose own entry may be retrieved
-se_step_budget: str = "own"           # NesyCD S_E steps: "own" (an epoch of its 3-format set) | "std" (Std-CoT's steps)
-kard_k: int = 3                       # KARD: passages per question
-kard_keep_own: float = 0.0            # KARD: share of training items whose own passage may be retrieved (D19: 0)
-demo_items_per_task: Optional[int] = None  # NesyCD: S_P answers at most this many train questions per task; None: all
-min_knowledge_share: float = 0.5      # stop when the teacher gives usable knowledge (or KB analyses) for fewer items
+stages_T: int = 6                           # SKIntern stages t in 0..T (D15)
+max_demos: int = 6                          # SKIntern demos at stage 0 (n_t decays linearly)
+compressor: str = "self-info"               # auto | self-info | llmlingua2 | truncate
+k_retrieve: int = 3                         # NesyCD: KB hits retrieved per question
+k_insert: int = 1                           # NesyCD: hits inserted into the prompt
+kb_index_text: str = "question"             # NesyCD: entries are found by question (D13) | knowledge | both
+se_train_knowledge: str = "own"             # NesyCD S_E training knowledge: own analysis (D14) | retrieved (as at test time)
+se_keep_own: float = 0.0                    # with retrieved: share of error items whose own entry may be retrieved
+se_step_budget: str = "own"                 # NesyCD S_E steps: own (an epoch of its 3-format set) | std (Std-CoT's)
+kard_k: int = 3                             # KARD: passages per question
+kard_keep_own: float = 0.0                  # KARD: share of training items whose own passage may be retrieved (D19: 0)
+demo_items_per_task: Optional[int] = None   # NesyCD: S_P answers at most this many train questions per task; None: all
+min_knowledge_share: float = 0.5            # stop when the teacher gives usable knowledge (or KB analyses) for fewer items
 
 # %%
 import json
@@ -57,28 +57,14 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
 
-from nesylib import report, runs, students
+from nesylib import param_model, report, runs, students
 from nesylib.train import pick_backend
 
 backend = pick_backend()  # before transformers is used: unsloth patches it on a GPU
 from nesylib import synth
 from nesylib.synth import experiment as sx
 
-params = dict(preset=preset, run_root=run_root, seed=seed, student=student, train=train,
-              train_overrides=train_overrides, eval_batch_size=eval_batch_size, max_new_tokens=max_new_tokens,
-              synth_config=synth_config, eval_per_task_synth=eval_per_task_synth, methods=methods,
-              stages_T=stages_T, max_demos=max_demos, compressor=compressor, k_retrieve=k_retrieve,
-              k_insert=k_insert, kb_index_text=kb_index_text, se_train_knowledge=se_train_knowledge,
-              se_keep_own=se_keep_own, se_step_budget=se_step_budget, kard_k=kard_k, kard_keep_own=kard_keep_own,
-              demo_items_per_task=demo_items_per_task, min_knowledge_share=min_knowledge_share)
-ctx = runs.start("08_synthetic_benchmark", params, schema={
-    "seed": int, "student": str, "train": dict, "train_overrides": dict, "eval_batch_size": int,
-    "max_new_tokens": (int, type(None)), "synth_config": (str, dict), "eval_per_task_synth": (int, dict, type(None)),
-    "methods": list, "stages_T": int, "max_demos": int, "compressor": ["self-info", "truncate", "llmlingua2", "auto"],
-    "k_retrieve": int, "k_insert": int, "kb_index_text": ["question", "knowledge", "both"],
-    "se_train_knowledge": ["own", "retrieved"], "se_keep_own": (int, float),
-    "se_step_budget": ["own", "std"], "kard_k": int,
-    "kard_keep_own": (int, float), "demo_items_per_task": (int, type(None)), "min_knowledge_share": (int, float)})
+ctx = param_model.start("08_synthetic_benchmark", globals())
 from nesylib.methods import check_methods
 
 check_methods(methods)

@@ -1,6 +1,6 @@
 """Build the committed notebooks from their sources, ``notebooks/<name>.py`` in jupytext's percent format.
 
-    .venv/bin/python scripts/nbtool.py            # rebuild every notebooks/*.ipynb from its .py
+    .venv/bin/python scripts/nbtool.py            # write each .py's parameters cell, rebuild every .ipynb
     .venv/bin/python scripts/nbtool.py --check    # exit 1 naming each notebook that differs from its source
 
 The ``.py`` file is the source a linter, a type checker and a diff read: cells start at ``# %%`` lines,
@@ -9,6 +9,10 @@ The ``.py`` file is the source a linter, a type checker and a diff read: cells s
 files (``make lab`` pairs them, notebooks/jupytext.toml). The ``.ipynb`` is written without outputs, with
 fixed cell ids and metadata, so the same source always gives the same bytes (the runner's cache keys
 hash the notebook).
+
+The parameters cell is not edited by hand: ``nesylib/param_model.py`` declares every notebook's parameters
+(shared sections written once) and this script writes the cell from it; ``--check`` also fails when a
+``.py`` source's parameters cell differs from the model.
 """
 from __future__ import annotations
 
@@ -57,6 +61,23 @@ def read_percent(path: Path) -> list[tuple[str, str, list[str]]]:
         lines = []
     close()
     return cells
+
+
+_PARAMS_HEADER = '# %% tags=["parameters"]'
+
+
+def with_model_parameters(source: Path) -> str:
+    """The text of ``source`` with its parameters cell written from ``nesylib.param_model``."""
+    from nesylib.param_model import NOTEBOOKS, parameters_cell
+
+    if source.stem not in NOTEBOOKS:
+        raise SystemExit(f"{source}: nesylib/param_model.py declares no parameters for {source.stem!r}")
+    lines = source.read_text(encoding="utf-8").split("\n")
+    if lines.count(_PARAMS_HEADER) != 1:
+        raise SystemExit(f"{source}: needs exactly one {_PARAMS_HEADER!r} line")
+    start = lines.index(_PARAMS_HEADER) + 1
+    end = next(i for i in range(start, len(lines) + 1) if i == len(lines) or _HEADER.match(lines[i]))
+    return "\n".join(lines[:start] + parameters_cell(source.stem).split("\n") + [""] + lines[end:])
 
 
 def build(source: Path, out_dir: Path | None = None) -> Path:
@@ -108,6 +129,10 @@ def main(argv=None) -> int:
     todo = args.sources or sources()
     if not args.check:
         for s in todo:
+            text = with_model_parameters(s)
+            if text != s.read_text(encoding="utf-8"):
+                s.write_text(text, encoding="utf-8")
+                print(f"{s.relative_to(REPO)}: parameters cell written from nesylib/param_model.py")
             print(build(s).relative_to(REPO))
         return 0
     import tempfile
@@ -115,6 +140,8 @@ def main(argv=None) -> int:
     stale = []
     with tempfile.TemporaryDirectory() as tmp:
         for s in todo:
+            if with_model_parameters(s) != s.read_text(encoding="utf-8"):
+                stale.append(f"{s.name} (its parameters cell differs from nesylib/param_model.py)")
             built = build(s, Path(tmp))
             committed = s.with_suffix(".ipynb")
             if not committed.is_file() or committed.read_bytes() != built.read_bytes():

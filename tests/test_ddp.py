@@ -18,8 +18,8 @@ from nesylib.errors import ConfigError
 from nesylib.prompts import Example
 from nesylib.sft_data import StreamSampler, item_order
 from nesylib.students import student_dir
-from nesylib.train import (Stage, TrainConfig, fingerprint, group_weighted_ce, load_student, steps_for,
-                           target_token_norms, train_lora)
+from nesylib.loss import group_weighted_ce, target_token_norms
+from nesylib.train import Stage, TrainConfig, fingerprint, load_student, steps_for, train_lora
 
 HERE = Path(__file__).resolve().parent
 # measured: loss curves agree to 1e-7 relative (float32 rounding: other padding widths, the gradient all-reduce);
@@ -42,9 +42,10 @@ def test_global_batch_counts_processes_and_world_size_1_keeps_every_key():
     # computed before world_size existed: trained students keep their fingerprint and their folder
     assert fingerprint("m", stages, TrainConfig(), None) == "c43d72f8b62fc70a"
     assert fingerprint("m", stages, TrainConfig(world_size=1), None) == "c43d72f8b62fc70a"
-    assert student_dir("/r", "std", _ex(4), TrainConfig(world_size=1), "m").name == "std-575cfc4f05478e12"
+    # the student folder's key: the examples as JSON (was their repr() until the one content-key change)
+    assert student_dir("/r", "std", _ex(4), TrainConfig(world_size=1), "m").name == "std-78a4042d5189ef87"
     assert fingerprint("m", stages, TrainConfig(world_size=2), None) != "c43d72f8b62fc70a"
-    assert student_dir("/r", "std", _ex(4), TrainConfig(world_size=2), "m").name != "std-575cfc4f05478e12"
+    assert student_dir("/r", "std", _ex(4), TrainConfig(world_size=2), "m").name != "std-78a4042d5189ef87"
     with pytest.raises(ConfigError, match="world_size"):
         TrainConfig(world_size=0).validate()
     with pytest.raises(ConfigError, match="unsloth"):

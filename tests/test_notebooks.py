@@ -111,7 +111,7 @@ def test_smoke_preset_runs_every_notebook_and_caches(smoke_run):
 def test_bad_preset_values_are_named(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: bad\ncommon: {seed: 1}\nnotebooks:\n  00_data: {datasetz: [bbh]}\n")
-    with pytest.raises(ConfigError, match=r"unknown parameter\(s\) \['datasetz'\]"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml: notebooks\.00_data\.datasetz: 00_data has no parameter 'datasetz'"):
         runner.run_preset(str(bad), only=["00_data"], run_root=tmp_path, log=lambda *_: None)
     secret = tmp_path / "secret.yaml"
     secret.write_text("name: s\ncommon: {api_key: abc}\n")
@@ -179,6 +179,22 @@ def test_the_sources_read_as_jupytext_reads_them(tmp_path):
     changed.write_text((ROOT / "notebooks" / "00_data.py").read_text().replace("seed: int = 42", "seed: int = 43"))
     (tmp_path / "00_data.ipynb").write_bytes((ROOT / "notebooks" / "00_data.ipynb").read_bytes())
     assert nbtool.main(["--check", str(changed)]) == 1
+
+
+def test_a_parameters_cell_edited_by_hand_fails_check_and_is_rewritten_from_the_model(tmp_path, capsys):
+    """The parameters cells are written from nesylib/param_model.py: a hand edit in the .py source (even with the
+    .ipynb rebuilt from it) fails --check, and nbtool writes the model's cell back."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import nbtool
+
+    edited = tmp_path / "05_baselines.py"
+    edited.write_text((ROOT / "notebooks/05_baselines.py").read_text().replace("kard_k: int = 3", "kard_k: int = 5"))
+    nbtool.build(edited, tmp_path)
+    assert nbtool.main(["--check", str(edited)]) == 1
+    assert "05_baselines.py (its parameters cell differs from nesylib/param_model.py)" in capsys.readouterr().err
+    assert nbtool.with_model_parameters(edited) == (ROOT / "notebooks/05_baselines.py").read_text()
 
 
 # ------------------------------------------------------------------ the smoke run's numbers, stored

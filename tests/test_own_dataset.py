@@ -1,6 +1,7 @@
-"""A dataset of one's own, defined by configuration (nesylib/custom_data.py): loading and field mapping from
-JSONL, CSV and Parquet, each answer type's scoring, errors that name file, line and field, selection by name
-where the built-in sets are selected, `nesylib teach --datasets`, and notebook 00_data on the smoke preset."""
+"""A dataset of one's own, defined by configuration (nesylib/custom_data.py; its rows read by
+nesylib/custom_records.py): loading and field mapping from JSONL, CSV and Parquet, each answer type's scoring,
+errors that name file, line and field, selection by name where the built-in sets are selected,
+`nesylib teach --datasets`, and notebook 00_data on the smoke preset."""
 from __future__ import annotations
 
 import csv
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nesylib import custom_data, data, experiment, extract, runner, runs
+from nesylib import custom_data, custom_records, data, experiment, extract, runner, runs
 from nesylib.errors import ConfigError, DataError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -207,10 +208,10 @@ def test_hugging_face_source_fails_clearly_offline_or_without_datasets(monkeypat
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(DataError, match=r"'hub': cannot load nobody/no-such-set@0{40} split 'train' \(offline mode: "
                                         r"HF_DATASETS_OFFLINE"):
-        custom_data.load_records(entry)
+        custom_records.load_records(entry)
     monkeypatch.setitem(__import__("sys").modules, "datasets", None)  # as if not installed
     with pytest.raises(DataError, match="needs the 'datasets' package"):
-        custom_data.load_records(entry)
+        custom_records.load_records(entry)
 
 
 # ------------------------------------------------------------------------------- selection
@@ -231,7 +232,7 @@ def test_selectable_where_the_built_in_sets_are(tmp_path):
 def test_evaluation_scores_a_custom_set_by_its_answer_type(tmp_path, monkeypatch, tiny_model_dir):
     from nesylib import prompts
     from nesylib.evaluate import evaluate, get_task_spec
-    from nesylib.generate import GenOutput
+    from nesylib.stopping import GenOutput
     from nesylib.models import load_model
 
     custom_data.register("sums", _entry(_jsonl(tmp_path / "sums.jsonl", ROWS), max_new_tokens=40, role="out_of_domain"))
@@ -305,8 +306,8 @@ def test_data_notebook_accepts_the_dataset_on_the_smoke_preset(tmp_path, monkeyp
     from nesylib.params import apply_overrides
 
     keyed = []  # what each cache key was computed from (the package's code hash aside)
-    key = runner._cache_key
-    monkeypatch.setattr(runner, "_cache_key", lambda nb, params, up: keyed.append(params) or key(nb, params, up))
+    parts = runner._key_parts
+    monkeypatch.setattr(runner, "_key_parts", lambda nb, params, up: keyed.append(params) or parts(nb, params, up))
     ex = tmp_path / "ex"
     shutil.copytree(EXAMPLE, ex)
     preset = runs.load_preset("smoke")

@@ -190,3 +190,38 @@ def test_a_store_left_in_the_run_folder_by_an_older_version_is_carried_over(tmp_
     store = ctx.store("teacher_store.jsonl")
     assert store == tmp_path / "stores" / "01_x" / "teacher_store.jsonl"
     assert store.read_text() == '{"k": 1}\n' and (old / "teacher_store.jsonl").is_file()
+
+
+def test_a_hand_edited_upstream_file_reruns_what_read_it_and_the_log_says_why(tmp_path):
+    """The README invites editing kb.jsonl by hand: the notebooks that read that folder run again (the one that
+    wrote it does not, which would overwrite the edit), and the log names the file; parameters likewise."""
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _notebook(nbs / "00_first.ipynb", "from nesylib import runs\n"
+              "ctx = runs.start('00_first', dict(preset=preset, run_root=run_root, seed=seed))\n"
+              "ctx.path('kb.jsonl').write_text('{\"k\": 1}\\n')\nctx.save_results({'seed': seed})")
+    _notebook(nbs / "01_second.ipynb", "from nesylib import runs\n"
+              "ctx = runs.start('01_second', dict(preset=preset, run_root=run_root, seed=seed))\n"
+              "ctx.save_results({'kb': (ctx.upstream('00_first') / 'kb.jsonl').read_text()})")
+    _notebook(nbs / "02_third.ipynb", "from nesylib import runs\n"
+              "ctx = runs.start('02_third', dict(preset=preset, run_root=run_root, seed=seed))\n"
+              "ctx.save_results({'seed': seed})")
+    preset = tmp_path / "p.yaml"
+    preset.write_text("name: p\ncommon: {seed: 3}\n")
+    root, logged = tmp_path / "run", []
+    kw = dict(run_root=root, notebooks_dir=nbs, kernel="python3", log=logged.append)
+    assert [o["status"] for o in runner.run_preset(str(preset), **kw)] == ["ran", "ran", "ran"]
+    assert runs.read_json(root / "01_second" / "reads.json") == ["00_first"]
+    assert [o["status"] for o in runner.run_preset(str(preset), **kw)] == ["cached"] * 3
+    (root / "00_first" / "kb.jsonl").write_text('{"k": 2}\n')
+    logged.clear()
+    assert [o["status"] for o in runner.run_preset(str(preset), **kw)] == ["cached", "ran", "cached"]
+    assert logged[1].startswith("[2/3] 01_second: running ...")
+    assert logged[1].endswith(" because what it read changed since it ran: 00_first/kb.jsonl")
+    assert runs.read_json(root / "01_second" / "results.json") == {"kb": '{"k": 2}\n'}
+    assert (root / "00_first" / "kb.jsonl").read_text() == '{"k": 2}\n'  # the edit is kept
+    assert [o["status"] for o in runner.run_preset(str(preset), **kw)] == ["cached"] * 3
+    preset.write_text("name: p\ncommon: {seed: 4}\n")
+    logged.clear()
+    runner.run_preset(str(preset), only=["00_first"], **kw)
+    assert logged[0].endswith("because its parameters changed")
