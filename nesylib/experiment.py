@@ -9,7 +9,7 @@ import random
 import re
 from pathlib import Path
 
-from nesylib import data
+from nesylib import data, knowledge_text
 from nesylib.errors import ConfigError
 
 
@@ -81,9 +81,7 @@ def passage_text(knowledge: str) -> str:
     """The part of a two-section knowledge text that KARD retrieves: the supplementary knowledge,
     its numbered items joined into one passage (the learning summary is advice, not knowledge, and
     repeats across items). A text without the sections is used whole."""
-    from nesylib.kb import parse_analysis
-
-    _, sk = parse_analysis(knowledge)
+    _, sk = knowledge_text.parse(knowledge)
     body = sk or knowledge
     lines = [re.sub(r"^\s*(?:\d+[.)]|[-*])\s*", "", ln).strip() for ln in body.splitlines()]
     return " ".join(ln for ln in lines if ln)

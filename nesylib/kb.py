@@ -21,16 +21,16 @@ import datetime as _dt
 import re
 from pathlib import Path
 
+from nesylib import knowledge_text
 from nesylib.files import read_jsonl, write_jsonl
 from nesylib.errors import ConfigError, DataError, NesylibError
 from nesylib.knowledge import REPLY_KEPT, excerpt
+from nesylib.knowledge_text import LS_HEADER, SK_HEADER
 from nesylib.prompts import ANSWER_MARKER, FORMAT_SENTENCE, NO_SUMMARY
 from nesylib.retrieval import RETRIEVERS, make_retriever
 from nesylib.teacher.base import TeacherReply, TeacherRequest
 
 KB_PROMPT_VERSION = "kb1"
-LS_HEADER = "Learning Summary:"
-SK_HEADER = "Supplementary Knowledge:"
 QUESTION_HEADER = "The student was given the following question:"
 RESPONSE_HEADER = "The student’s wrong response is:"  # U+2019, as the authors wrote it
 RESPONSE_WORDS = 256
@@ -49,8 +49,8 @@ _INSTRUCTIONS = f"""You are a patient teacher who helps students improve by goin
 Your goal is to turn the student's mistake into guidance that will help with similar questions in the future. Write a learning summary (the reasoning steps such questions need) and supplementary knowledge (the background facts and methods the student was missing).
 
 ### Requirements:
-1. Learning Summary: describe the line of thought and the checks that would have avoided the student's mistakes, whether in reading the question, in the solution steps or in the calculations, and finish with one general lesson.
-2. Supplementary Knowledge: list the essential background the question relies on, such as formulas, definitions, facts about the world and problem-solving techniques.
+1. {LS_HEADER} describe the line of thought and the checks that would have avoided the student's mistakes, whether in reading the question, in the solution steps or in the calculations, and finish with one general lesson.
+2. {SK_HEADER} list the essential background the question relies on, such as formulas, definitions, facts about the world and problem-solving techniques.
 3. Keep both parts easy to follow, short and useful.
 4. If the response never states "{ANSWER_MARKER}", or turns into repeated or meaningless text, take it as a sign that the student could not solve the question at all.
 5. Keep both parts general: they must help with any similar question, not only with this specific problem.
@@ -72,18 +72,25 @@ Options:
 _DEMO_RESPONSE = ("Today is 02/27/2024. One week is 7 days, so we need the date 7 days after February 27. "
                   "February has 28 days, so 27 + 7 = 34 and 34 - 28 = 6, which gives March 6. "
                   "The date one week from today is 03/06/2024. Therefore, the answer is (A).")
-_DEMO_ANALYSIS = """Learning Summary:
-1. Before adding days across the end of a month, work out how many days that month has in the given year instead of assuming a fixed length.
-2. For February, first decide whether the year is a leap year; in a leap year February has 29 days.
-3. When the step is short, count forward one day at a time past the month boundary; otherwise subtract the days left in the month and carry the rest into the next month.
-4. Check the result by counting back from the chosen date to the starting date, and make sure the chosen option keeps the right year.
-5. Lesson: most date-arithmetic errors come from unchecked calendar facts, so settle month lengths and leap years before calculating.
-
-Supplementary Knowledge:
-1. Month lengths: January 31, February 28 (29 in a leap year), March 31, April 30, May 31, June 30, July 31, August 31, September 30, October 31, November 30, December 31.
-2. Leap years: a year divisible by 4 is a leap year, except century years, which must also be divisible by 400 (2000 was a leap year, 1900 was not).
-3. The MM/DD/YYYY format writes the month first, then the day, then the four-digit year.
-4. One week is 7 days; adding days moves forward through the calendar, rolling over into the next month or year when needed."""
+_DEMO_ANALYSIS = knowledge_text.render([
+    "Before adding days across the end of a month, work out how many days that month has in the given year "
+    "instead of assuming a fixed length.",
+    "For February, first decide whether the year is a leap year; in a leap year February has 29 days.",
+    "When the step is short, count forward one day at a time past the month boundary; otherwise subtract the days "
+    "left in the month and carry the rest into the next month.",
+    "Check the result by counting back from the chosen date to the starting date, and make sure the chosen option "
+    "keeps the right year.",
+    "Lesson: most date-arithmetic errors come from unchecked calendar facts, so settle month lengths and leap "
+    "years before calculating.",
+], [
+    "Month lengths: January 31, February 28 (29 in a leap year), March 31, April 30, May 31, June 30, July 31, "
+    "August 31, September 30, October 31, November 30, December 31.",
+    "Leap years: a year divisible by 4 is a leap year, except century years, which must also be divisible by 400 "
+    "(2000 was a leap year, 1900 was not).",
+    "The MM/DD/YYYY format writes the month first, then the day, then the four-digit year.",
+    "One week is 7 days; adding days moves forward through the calendar, rolling over into the next month or year "
+    "when needed.",
+])
 # Laid out exactly like the real slots below, so the teacher sees where its answer goes.
 FEWSHOT = (f"\n\nExample 0\n{QUESTION_HEADER}\n{_DEMO_QUESTION}\n\n{RESPONSE_HEADER}\n{_DEMO_RESPONSE}\n\n"
            f"{_DEMO_ANALYSIS}\n\n")
@@ -114,56 +121,12 @@ def error_analysis_prompt(student_prompt: str, stu_response: str) -> str:
             f"{RESPONSE_HEADER}\n{response_slot(stu_response)}\n")
 
 
-# ---------------------------------------------------------------------------- parsing replies
-_LS_NAMES = r"learning\s+summary|summary\s+of\s+learning"
-_SK_NAMES = r"supplementary\s+knowledge"
-# A header starts a line (after optional markdown such as '#', '**' or '- ') and is followed by a
-# colon or the end of the line, so prose that merely mentions the words does not count.
-_HEADER = r"^[ \t#>*_-]*(?:{names})[ \t*_]*(?::[ \t*_]*|[ \t]*$)"
-_LS_RE = re.compile(_HEADER.format(names=_LS_NAMES), re.I | re.M)
-_SK_RE = re.compile(_HEADER.format(names=_SK_NAMES), re.I | re.M)
-
-
-def parse_analysis(text: str | None) -> tuple[str, str]:
-    """(learning_summary, supplementary_knowledge) bodies of a teacher analysis; '' where missing.
-
-    Header spellings are normalised: case, surrounding markdown (``**Learning Summary:**``,
-    ``## Learning Summary``) and the variant ``Summary of Learning:`` are all recognised.
-    """
-    if not text:
-        return "", ""
-    ls, sk = _LS_RE.search(text), _SK_RE.search(text)
-    starts = sorted(m.start() for m in (ls, sk) if m)
-
-    def body(m):
-        if not m:
-            return ""
-        end = next((s for s in starts if s > m.start()), len(text))
-        return text[m.end():end].strip()
-
-    return body(ls), body(sk)
-
-
-def validate_analysis(text: str | None) -> bool:
-    """True iff the reply has both a learning summary and supplementary knowledge, each non-empty."""
-    ls, sk = parse_analysis(text)
-    return bool(ls) and bool(sk)
-
-
-def normalise_analysis(text: str) -> str:
-    """The analysis rewritten with the canonical headers (``Learning Summary:`` / ``Supplementary Knowledge:``)."""
-    ls, sk = parse_analysis(text)
-    return f"{LS_HEADER}\n{ls}\n\n{SK_HEADER}\n{sk}"
-
-
+# ---------------------------------------------------------------------------- judging replies
 def _reply_problem(reply: TeacherReply) -> str | None:
     if not reply.ok or reply.text is None:
         return f"teacher call failed: {reply.error or 'no text'}"
-    ls, sk = parse_analysis(reply.text)
-    missing = [h for h, body in ((LS_HEADER, ls), (SK_HEADER, sk)) if not body]
-    if missing:
-        return f"invalid analysis: no (or empty) {' / '.join(missing)} section"
-    return None
+    why = knowledge_text.problem(reply.text)
+    return f"invalid analysis: {why}" if why else None
 
 
 # -------------------------------------------------------------------------------- the KB itself
@@ -200,7 +163,7 @@ def _complete_entry(entry: dict, where: str) -> dict:
         raise DataError(f"{where}: KB entry has an empty 'summary'")
     out = dict(entry)
     if "learning_summary" not in out or "supplementary_knowledge" not in out:
-        out["learning_summary"], out["supplementary_knowledge"] = parse_analysis(out["summary"])
+        out["learning_summary"], out["supplementary_knowledge"] = knowledge_text.parse(out["summary"])
     for f in ("student_output", "student", "teacher", "prompt_version", "created"):
         out.setdefault(f, "")
     return out
@@ -376,7 +339,7 @@ def build_kb(error_records: list[dict], teacher, temperature: float = 0.8, max_a
                                 "teacher": teacher.name, "prompt_version": prompt_version, "created": created}
                                | ({"reply": excerpt(unparsed[i], REPLY_KEPT)} if i in unparsed else {}))
             continue
-        ls, sk = parse_analysis(accepted[i])
+        ls, sk = knowledge_text.parse(accepted[i])
         kb.add({"source_uid": err["uid"], "task": rec["task"], "task_description": rec["task_description"],
                 "question": rec["question"], "student_output": err["stu_response"], "summary": accepted[i],
                 "learning_summary": ls, "supplementary_knowledge": sk, "student": student_name,

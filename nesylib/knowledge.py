@@ -3,25 +3,22 @@ for each train item from its question and gold answer (method.md §4.2, D15).
 
 The prompt keeps the authors' structure and slots (role sentence, {prefix}, instruction, {task},
 concision sentence, then "\\n\\n" + fewshot + "Question: {query}\\nAnswer: {answer}\\n\\n") in the
-project's own words, with one project-written demo in the "full" style. A reply is valid only if it
-has both sections; "Summary of Learning:" and markdown-decorated headers are normalised to
-"Learning Summary:" / "Supplementary Knowledge:". Invalid replies are retried with a new
-``sample_index`` (so caching teachers draw a fresh sample) and, after ``max_attempts``, reported
-as failures with every reason: nothing is dropped silently.
+project's own words, with one project-written demo in the "full" style. Whether a reply is usable,
+and its canonical form, follow ``nesylib.knowledge_text`` (both sections, headers normalised).
+Invalid replies are retried with a new ``sample_index`` (so caching teachers draw a fresh sample)
+and, after ``max_attempts``, reported as failures with every reason: nothing is dropped silently.
 Bump KNOWLEDGE_PROMPT_VERSION whenever a string below changes: cached teacher outputs key on it.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
+from nesylib import knowledge_text
 from nesylib.errors import ConfigError
 from nesylib.prompts import prefix_prompt
 from nesylib.teacher.base import DEFAULT_SYSTEM, Teacher, TeacherRequest
 
 KNOWLEDGE_PROMPT_VERSION = "k1"
-SUMMARY_HEADER = "Learning Summary:"
-KNOWLEDGE_HEADER = "Supplementary Knowledge:"
 
 ROLE = ("You are an expert teaching assistant. For the question below you write a learning summary "
         "and the knowledge behind it, so that students can solve questions of the same task on their "
@@ -44,31 +41,26 @@ DEMOS = [KnowledgeDemo(
     question=("Question: Maya's passport expired on 02/27/2024, and she renewed it exactly three days later. "
               "What was the date of the renewal in MM/DD/YYYY?\nOptions:\n(A) 03/02/2024\n(B) 02/30/2024\n"
               "(C) 03/01/2024\n(D) 03/03/2024\n(E) 02/28/2024\n(F) 03/01/2023\nAnswer: (C).\n\n"),
-    rational=(
-        "Learning Summary:\n"
-        "1. Find the reference date and the exact offset the question asks for (days, weeks, months or "
-        "years, forwards or backwards) before computing anything.\n"
-        "2. Move through the offset one unit at a time, checking the length of every month you cross.\n"
-        "3. When February is involved, decide first whether the year is a leap year.\n"
-        "4. Write the result in the requested format and compare it with every option; discard options "
-        "that are not real dates, such as 02/30.\n"
-        "5. Lesson: most date mistakes come from month lengths and leap years, so verify each boundary "
-        "you cross.\n\n"
-        "Supplementary Knowledge:\n"
-        "1. Month lengths: January 31, February 28 (29 in a leap year), March 31, April 30, May 31, "
-        "June 30, July 31, August 31, September 30, October 31, November 30, December 31.\n"
-        "2. Leap years are divisible by 4, but century years must also be divisible by 400: 2000 was "
-        "a leap year, 1900 was not.\n"
-        "3. \"Yesterday\" is one day back, \"a week ago\" is seven days back, and \"one year later\" keeps "
-        "the month and day (29 February aside).\n"
-        "4. In MM/DD/YYYY the month comes first, so 03/01/2024 is 1 March 2024.\n"
-        "5. Days added past the end of a month carry into the next month, and past December into "
-        "January of the next year."),
+    rational=knowledge_text.render([
+        "Find the reference date and the exact offset the question asks for (days, weeks, months or years, "
+        "forwards or backwards) before computing anything.",
+        "Move through the offset one unit at a time, checking the length of every month you cross.",
+        "When February is involved, decide first whether the year is a leap year.",
+        "Write the result in the requested format and compare it with every option; discard options that are "
+        "not real dates, such as 02/30.",
+        "Lesson: most date mistakes come from month lengths and leap years, so verify each boundary you cross.",
+    ], [
+        "Month lengths: January 31, February 28 (29 in a leap year), March 31, April 30, May 31, June 30, "
+        "July 31, August 31, September 30, October 31, November 30, December 31.",
+        "Leap years are divisible by 4, but century years must also be divisible by 400: 2000 was a leap year, "
+        "1900 was not.",
+        "\"Yesterday\" is one day back, \"a week ago\" is seven days back, and \"one year later\" keeps the month "
+        "and day (29 February aside).",
+        "In MM/DD/YYYY the month comes first, so 03/01/2024 is 1 March 2024.",
+        "Days added past the end of a month carry into the next month, and past December into January of the "
+        "next year.",
+    ]),
 )]
-
-_HEADER = re.compile(
-    r"^[ \t>#*_]*(?P<name>learning summary|summary of learning|supplementary knowledge)[ \t*_]*(?::[ \t*_]*|$)",
-    re.IGNORECASE | re.MULTILINE)
 
 
 def fewshot_block(n_demos: int) -> str:
@@ -93,31 +85,6 @@ def knowledge_requests(records: list[dict], n_demos: int = 1, temperature: float
                            uid=r["uid"], record=r,
                            extra={"prompt_version": KNOWLEDGE_PROMPT_VERSION, "n_demos": n_demos})
             for r in records]
-
-
-def parse_knowledge(text: str | None) -> tuple[str | None, str | None]:
-    """(normalised knowledge, None) for a valid reply, else (None, reason).
-
-    Valid = a learning-summary header followed by a non-empty section, then a supplementary-knowledge
-    header followed by a non-empty section. Text before the first header (a chatty preamble) is cut.
-    """
-    if not text or not text.strip():
-        return None, "empty reply"
-    heads = list(_HEADER.finditer(text))
-    summ = next((m for m in heads if "learning" in m["name"].lower()), None)
-    know = next((m for m in heads if m["name"].lower() == "supplementary knowledge"
-                 and (summ is None or m.start() > summ.start())), None)
-    if summ is None:
-        return None, f"no '{SUMMARY_HEADER}' header"
-    if know is None:
-        return None, f"no '{KNOWLEDGE_HEADER}' header after '{SUMMARY_HEADER}'"
-    summary = text[summ.end():know.start()].strip()
-    extra = text[know.end():].strip()
-    if not summary:
-        return None, f"empty '{SUMMARY_HEADER}' section"
-    if not extra:
-        return None, f"empty '{KNOWLEDGE_HEADER}' section"
-    return f"{SUMMARY_HEADER}\n{summary}\n\n{KNOWLEDGE_HEADER}\n{extra}", None
 
 
 def generate_knowledge(records: list[dict], teacher: Teacher, max_attempts: int = 3, n_demos: int = 1,
@@ -152,13 +119,13 @@ def generate_knowledge(records: list[dict], teacher: Teacher, max_attempts: int 
                 reasons[r["uid"]].append(f"teacher error: {rep.error or 'no text'}")
                 still.append(r)
                 continue
-            text, why = parse_knowledge(rep.text)
-            if text is None:
+            why = knowledge_text.problem(rep.text)
+            if why is not None:
                 reasons[r["uid"]].append(why)
                 unparsed.setdefault(r["uid"], rep.text)
                 still.append(r)
             else:
-                knowledge[r["uid"]] = text
+                knowledge[r["uid"]] = knowledge_text.canonical(rep.text)
         pending = still
     failures = [{"uid": r["uid"], "attempts": len(reasons[r["uid"]]), "reasons": reasons[r["uid"]]}
                 | ({"reply": excerpt(unparsed[r["uid"]], REPLY_KEPT)} if r["uid"] in unparsed else {})

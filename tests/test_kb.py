@@ -8,10 +8,10 @@ import torch
 from nesylib import prompts
 from nesylib.data import load_bbh, subsample
 from nesylib.errors import ConfigError, DataError
-from nesylib.kb import (DEGENERATE_MARKERS, ENTRY_FIELDS, KB_PROMPT_VERSION, LS_HEADER, QUESTION_HEADER,
-                        RESPONSE_HEADER, SK_HEADER, KnowledgeBase, build_kb, confidence_gate, confidence_margin,
-                        error_analysis_prompt, normalise_analysis, parse_analysis, question_slot, response_slot,
-                        validate_analysis)
+from nesylib.kb import (DEGENERATE_MARKERS, ENTRY_FIELDS, KB_PROMPT_VERSION, QUESTION_HEADER, RESPONSE_HEADER,
+                        KnowledgeBase, build_kb, confidence_gate, confidence_margin, error_analysis_prompt,
+                        question_slot, response_slot)
+from nesylib.knowledge_text import LS_HEADER, SK_HEADER, parse
 from nesylib.teacher.base import TeacherReply
 
 VALID = ("Learning Summary:\n1. Read every option before deciding.\n2. Check each step.\n\n"
@@ -59,7 +59,7 @@ def test_error_prompt_structure(records):
     # the demo: question header, wrong-response header, then both analysis sections with 4-5 items
     demo = p[p.index("\n\nExample 0\n"):p.rindex(QUESTION_HEADER)]
     assert demo.index(QUESTION_HEADER) < demo.index(RESPONSE_HEADER) < demo.index(LS_HEADER) < demo.index(SK_HEADER)
-    ls, sk = parse_analysis(demo[demo.index(LS_HEADER):])
+    ls, sk = parse(demo[demo.index(LS_HEADER):])
     assert 4 <= len(re.findall(r"^\d+\. ", ls, re.M)) <= 5 and 4 <= len(re.findall(r"^\d+\. ", sk, re.M)) <= 5
     assert demo.endswith("\n\n")
     # the slots close the prompt, with the U+2019 apostrophe of the authors' header
@@ -99,33 +99,6 @@ def test_degenerate_markers_match_the_documented_list():
     assert "\t" * 14 in DEGENERATE_MARKERS and "0" * 19 in DEGENERATE_MARKERS and "\ufffd" * 7 in DEGENERATE_MARKERS
     assert "0, 0, 0, 0, 0, 0, 0, 0, 0, 0" in DEGENERATE_MARKERS and "not not not not not not not" in DEGENERATE_MARKERS
     assert len(DEGENERATE_MARKERS) == 10
-
-
-# ----------------------------------------------------------------------------------- parse/validate
-@pytest.mark.parametrize("text", [
-    VALID,
-    "**Learning Summary:**\n1. a\n\n**Supplementary Knowledge:**\n1. b",
-    "## Learning Summary\n1. a\n\n## Supplementary Knowledge\n1. b",
-    "Here is my analysis.\nlearning summary: 1. a\nSUPPLEMENTARY KNOWLEDGE: 1. b",
-    "Summary of Learning:\n1. a\nSupplementary Knowledge:\n1. b",
-    "Supplementary Knowledge:\n1. b\nLearning Summary:\n1. a",  # order does not matter
-])
-def test_valid_analyses_parse(text):
-    assert validate_analysis(text)
-    ls, sk = parse_analysis(text)
-    assert ls.endswith("a") or "Read every option" in ls
-    assert "Supplementary" not in ls and "Learning" not in sk
-    norm = normalise_analysis(text)
-    assert norm.startswith(LS_HEADER + "\n") and f"\n\n{SK_HEADER}\n" in norm
-
-
-@pytest.mark.parametrize("text", [
-    None, "", "Learning Summary:\n1. a",  # one section missing
-    "Learning Summary:\n\nSupplementary Knowledge:\n1. b",  # an empty section
-    "The learning summary is that you should read. Supplementary knowledge helps too.",  # prose, no headers
-])
-def test_invalid_analyses(text):
-    assert not validate_analysis(text)
 
 
 # ------------------------------------------------------------------------------------ build_kb

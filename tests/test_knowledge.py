@@ -4,7 +4,8 @@ import pytest
 from nesylib.data import load_bbh, load_gsm8k
 from nesylib.errors import ConfigError
 from nesylib.knowledge import (CONCISION, DEMOS, INSTRUCTION, KNOWLEDGE_PROMPT_VERSION, ROLE, fewshot_block,
-                               generate_knowledge, knowledge_prompt, knowledge_requests, parse_knowledge)
+                               generate_knowledge, knowledge_prompt, knowledge_requests)
+from nesylib.knowledge_text import canonical
 from nesylib.prompts import prefix_prompt
 from nesylib.teacher.base import Teacher, TeacherReply
 
@@ -51,7 +52,7 @@ def test_demo_shape():
     summary, knowledge = d.rational.split("\n\nSupplementary Knowledge:\n")
     assert len(summary.splitlines()) - 1 >= 4 and len(knowledge.splitlines()) >= 4
     assert 150 <= len(d.rational.split()) <= 250
-    assert parse_knowledge(d.rational) == (d.rational, None)  # the demo passes our own validator
+    assert canonical(d.rational) == d.rational  # the demo is a usable, canonical knowledge text
     assert fewshot_block(0) == ""
 
 
@@ -63,34 +64,6 @@ def test_requests(records):
         assert q.uid == r["uid"] and q.record is r and q.prompt == knowledge_prompt(r, 1)
         assert q.system == "You are a helpful assistant."
         assert q.extra["prompt_version"] == KNOWLEDGE_PROMPT_VERSION
-
-
-@pytest.mark.parametrize("reply,expect", [
-    (GOOD, GOOD),
-    ("Sure! Here is what I wrote.\n\n" + GOOD, GOOD),
-    (GOOD.replace("Learning Summary:", "Summary of Learning:"), GOOD),
-    (GOOD.replace("Learning Summary:", "**Learning Summary:**").replace("Supplementary Knowledge:",
-                                                                          "### Supplementary Knowledge"), GOOD),
-    ("learning summary:\n1. Follow each step.\n2. Check the result.\nSUPPLEMENTARY KNOWLEDGE:\n1. A fact.\n"
-     "2. Another fact.", GOOD),
-])
-def test_parse_normalises_headers(reply, expect):
-    assert parse_knowledge(reply) == (expect, None)
-
-
-@pytest.mark.parametrize("reply,why", [
-    (None, "empty"), ("   ", "empty"),
-    ("1. Follow each step.\n\nSupplementary Knowledge:\n1. A fact.", "no 'Learning Summary:'"),
-    ("Learning Summary:\n1. Follow each step.", "no 'Supplementary Knowledge:'"),
-    ("Supplementary Knowledge:\n1. A fact.\nLearning Summary:\n1. Step.", "no 'Supplementary Knowledge:' header after"),
-    ("Learning Summary:\n\nSupplementary Knowledge:\n1. A fact.", "empty 'Learning Summary:'"),
-    ("Learning Summary:\n1. Step.\nSupplementary Knowledge:\n", "empty 'Supplementary Knowledge:'"),
-    # a sentence that merely starts with the words is not a header
-    ("Learning Summary:\n1. Step.\nSupplementary knowledge of dates helps.", "no 'Supplementary Knowledge:'"),
-])
-def test_parse_rejects_with_a_reason(reply, why):
-    text, reason = parse_knowledge(reply)
-    assert text is None and why in reason
 
 
 def test_generate_retries_with_new_sample_index_and_reports_failures(records):

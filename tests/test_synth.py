@@ -200,28 +200,28 @@ def test_teacher_is_deterministic(bench, teacher):
 
 
 def test_error_analysis_names_facts_and_diagnoses(bench, teacher):
-    from nesylib.kb import parse_analysis
+    from nesylib.knowledge_text import parse
 
     r = next(x for x in bench["train"] if x["meta"]["variant"] == "mentor3")
     facts = [teacher.world.facts[f] for f in r["meta"]["facts"]]
     lure = solve(teacher.world, "mentor3", r["meta"]["params"]).lures[0]
     letter = next(o[:3] for o in r["options"] if o.endswith(f" {lure}"))
     text = _ask(teacher, r, "error_analysis", student_output=f"{facts[0]} Therefore, the answer is {letter}.").text
-    summary, knowledge = parse_analysis(text)
+    summary, knowledge = parse(text)
     assert text.startswith("Learning Summary:\n1. ") and "\n\nSupplementary Knowledge:\n1. " in text
     assert "2 of the 3 facts" in summary and "shorter or misdirected chain" in summary
     assert all(f in knowledge for f in facts)
     text = _ask(teacher, r, "error_analysis", student_output="Mirel mentors Tavo Tavo Tavo").text
-    assert "never reached" in parse_analysis(text)[0]
+    assert "never reached" in parse(text)[0]
 
 
 def test_knowledge_has_facts_and_a_distractor_free_related_fact(bench, teacher):
-    from nesylib.knowledge import parse_knowledge
+    from nesylib.knowledge_text import problem
 
     with_related = 0
     for r in bench["train"]:
         text = _ask(teacher, r, "knowledge").text
-        assert parse_knowledge(text)[1] is None
+        assert problem(text) is None
         body = text.split("Supplementary Knowledge:\n", 1)[1]
         items = [re.sub(r"^\d+\. ", "", line) for line in body.splitlines()]
         facts = [teacher.world.facts[f] for f in r["meta"]["facts"]]

@@ -1,5 +1,4 @@
-from nesylib.kb import parse_analysis
-from nesylib.knowledge import parse_knowledge
+from nesylib.knowledge_text import is_usable, parse
 from nesylib.teacher.base import TeacherRequest
 from nesylib.teacher.derived import DerivedKnowledgeTeacher, mentions_answer
 from nesylib.teacher.cot import replay_rationales
@@ -17,8 +16,8 @@ def test_derived_knowledge_parses_and_hides_the_label(data_dir):
     assert all(rep.ok for rep in replies)
     for req, rep in zip(reqs, replies):
         assert "Therefore, the answer is" not in rep.text.split("Supplementary Knowledge:")[0]
-        assert parse_knowledge(rep.text)[0] is not None
-        summary, knowledge = parse_analysis(rep.text)
+        assert is_usable(rep.text)
+        summary, knowledge = parse(rep.text)
         assert summary.strip() and "one of the listed options" in knowledge
 
 
@@ -108,7 +107,7 @@ def test_derived_texts_never_state_the_gold_answer(sample):
             assert rep.ok, rep.error
             assert not mentions_answer(rep.text, rec), (rec["uid"], rec["answer"], rep.text)
             assert rep.text.startswith("Learning Summary:\n1. ") and "\n\nSupplementary Knowledge:\n1. " in rep.text
-            assert parse_knowledge(rep.text)[0] is not None
+            assert is_usable(rep.text)
         analyses = [rep.text for rep in replies[1:]]
         assert len(set(analyses)) == 3, rec["uid"]  # written from the student's output
         assert wrong in analyses[0].split("Supplementary Knowledge:")[0]
@@ -121,7 +120,7 @@ def test_date_example_analysis_is_about_the_wrong_output():
                             TeacherRequest("", kind="knowledge", record=DATE)])
     for text in (ana.text, know.text):
         assert "01/07/2018" not in text and "(B)" not in text and "January 7, 2018" not in text
-    summary, knowledge = parse_analysis(ana.text)
+    summary, knowledge = parse(ana.text)
     assert "(A)" in summary and "01/08/2018" in summary  # the chosen option and the unsupported step
     assert "Infer the date from context" in summary  # the general lesson comes from the task
     assert "January 7, 2019" in knowledge  # a reasoning step of the recorded rationale survives

@@ -22,6 +22,7 @@ from __future__ import annotations
 import random
 import re
 
+from nesylib.knowledge_text import render
 from nesylib.prompts import ANSWER_MARKER, STEP_CUE, split_rationale
 from nesylib.synth.world import SynthConfig, World, generate_world, solve
 from nesylib.teacher.base import TeacherReply, TeacherRequest
@@ -101,7 +102,7 @@ class SynthTeacher:
         follow: no method text repeated across items (a KARD passage or a KB entry is this text)."""
         related = self._related(rec, sol)
         facts = [self.world.facts[f] for f in sol.facts] + ([self.world.facts[related]] if related else [])
-        return _sections([_chain_lesson(len(sol.facts))], facts)
+        return render([_chain_lesson(len(sol.facts))], facts)
 
     def _error_analysis(self, rec: dict, sol, output: str) -> str:
         """What went wrong in *this* output (no marker, facts not stated, a lure or unsupported
@@ -127,7 +128,7 @@ class SynthTeacher:
                                                                              else "."))
         if not lessons:
             lessons.append("The final answer did not follow from the stated facts.")
-        return _sections(lessons, [self.world.facts[f] for f in sol.facts])
+        return render(lessons, [self.world.facts[f] for f in sol.facts])
 
     def _related(self, rec: dict, sol) -> str | None:
         """One unused fact about an entity of the solution that names no distractor option."""
@@ -145,12 +146,6 @@ def _chain_lesson(hops: int) -> str:
 
 def _fail(msg: str) -> TeacherReply:
     return TeacherReply(text=None, ok=False, error=msg)
-
-
-def _sections(summary: list[str], knowledge: list[str]) -> str:
-    def numbered(items):
-        return "\n".join(f"{i}. {x}" for i, x in enumerate(items, 1))
-    return f"Learning Summary:\n{numbered(summary)}\n\nSupplementary Knowledge:\n{numbered(knowledge)}"
 
 
 def _letter(rec: dict, answer: str) -> str | None:

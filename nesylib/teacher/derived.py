@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 
 from nesylib.extract import extract_answer, has_answer, is_answer_only, is_math_task
+from nesylib.knowledge_text import render
 from nesylib.prompts import ANSWER_MARKER, split_rationale
 from nesylib.teacher.base import TeacherReply, TeacherRequest
 
@@ -161,10 +162,6 @@ def answer_format(record: dict) -> str:
     return f'Close with "{ANSWER_MARKER}" followed by {form}.'
 
 
-def _numbered(lines: list[str]) -> str:
-    return "\n".join(f"{i}. {line}" for i, line in enumerate(lines, 1))
-
-
 def _compose(record: dict, summary: list[str], knowledge: list[str]) -> str:
     """The two sections; the final guard drops every line that still mentions the answer."""
     def guard(lines: list[str], fallback: str) -> list[str]:
@@ -173,7 +170,7 @@ def _compose(record: dict, summary: list[str], knowledge: list[str]) -> str:
 
     summary = guard(summary, "Work through the question one step at a time and check every step.")
     knowledge = guard(knowledge, answer_format(record))
-    return f"Learning Summary:\n{_numbered(summary)}\n\nSupplementary Knowledge:\n{_numbered(knowledge)}"
+    return render(summary, knowledge)
 
 
 def knowledge_text(record: dict, rationale: str) -> str:
