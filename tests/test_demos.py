@@ -1,14 +1,13 @@
 """Demo selection and fit-to-cutoff for SKIntern stage prompts (D16), on real BBH items."""
-import hashlib
 import logging
-import re
 
 import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
+from helpers import bow_embed, codex_records
 from nesylib import prompts
-from nesylib.data import load_bbh, load_codex_rationales
+from nesylib.data import load_bbh
 from nesylib.demos import CachedEmbedder, _first_words, fit_prompt, select_demos
 from nesylib.errors import ConfigError, DataError
 from nesylib.knowledge import DEMOS
@@ -16,24 +15,9 @@ from nesylib.knowledge import DEMOS
 TASKS = ["date_understanding", "navigate"]
 
 
-def bow_embed(texts, dim=1024):
-    """Deterministic hashed bag-of-words vectors: enough to make 'similar' testable."""
-    out = np.zeros((len(texts), dim), dtype=np.float32)
-    for i, t in enumerate(texts):
-        for w in re.findall(r"[a-z0-9]+", t.lower()):
-            out[i, int(hashlib.md5(w.encode()).hexdigest(), 16) % dim] += 1.0
-    return out
-
-
 @pytest.fixture(scope="module")
 def train(data_dir):
-    recs = []
-    for task in TASKS:
-        cots = load_codex_rationales(task)
-        for r in load_bbh("train", tasks=[task]):
-            r["rationale"] = cots[int(r["uid"].rsplit("/", 1)[1])].split("So the answer is")[0].strip()
-            recs.append(r)
-    return recs
+    return codex_records(TASKS)
 
 
 @pytest.fixture(scope="module")

@@ -213,23 +213,23 @@ def test_formal_fallacies_invalid_rule():
 
 
 # ------------------------------------------------------------------------------ strict judge
+# (task, gold, {what the output says after "<marker> ": the strict verdict})
+STRICT_CASES = [
+    ("hyperbaton", "(A)", {"(A) or (B).": False}),  # a hedge
+    ("hyperbaton", "(B)", {"(b).": True, "B": True, "B)": True}),
+    ("movie_recommendation", "(B)", {"(B) Star Wars.": True, "Star Wars.": False}),
+    ("navigate", "Yes", {"**Yes**.": True, "yes, because it returns.": False}),
+    ("dyck_languages", "] ] )", {"] ] ).": True}),
+    ("gsm8k", "18", {"$18.": True, "18 dollars.": True, "about 18.": False, "17.": False}),
+    ("gsm8k_plus", "2.5", {"2.5 hours.": True}),
+]
+
+
 @pytest.mark.parametrize("output, gold, task, expected", [
-    ("So the answer is (A).", "(A)", "hyperbaton", False),           # no marker
-    (f"{ANSWER_MARKER} (A) or (B).", "(A)", "hyperbaton", False),     # hedge
-    (f"{ANSWER_MARKER} (b).", "(B)", "hyperbaton", True),
-    (f"{ANSWER_MARKER} B", "(B)", "hyperbaton", True),
-    (f"{ANSWER_MARKER} B)", "(B)", "hyperbaton", True),
-    (f"{ANSWER_MARKER} (B) Star Wars.", "(B)", "movie_recommendation", True),
-    (f"{ANSWER_MARKER} Star Wars.", "(B)", "movie_recommendation", False),
-    (f"{ANSWER_MARKER} **Yes**.", "Yes", "navigate", True),
-    (f"{ANSWER_MARKER} yes, because it returns.", "Yes", "navigate", False),
-    (f"{ANSWER_MARKER} ] ] ).", "] ] )", "dyck_languages", True),
-    (f"{ANSWER_MARKER} $18.", "18", "gsm8k", True),
-    (f"{ANSWER_MARKER} 18 dollars.", "18", "gsm8k", True),
-    (f"{ANSWER_MARKER} about 18.", "18", "gsm8k", False),
-    (f"{ANSWER_MARKER} 17.", "18", "gsm8k", False),
-    (f"{ANSWER_MARKER} 2.5 hours.", "2.5", "gsm8k_plus", True),
-    (f"{ANSWER_MARKER}\n(A)", "(A)", "hyperbaton", False),            # answer not on the marker's line
+    ("So the answer is (A).", "(A)", "hyperbaton", False),  # no marker
+    (f"{ANSWER_MARKER}\n(A)", "(A)", "hyperbaton", False),  # answer not on the marker's line
+    *[(f"{ANSWER_MARKER} {said}", gold, task, verdict)
+      for task, gold, verdicts in STRICT_CASES for said, verdict in verdicts.items()],
 ])
 def test_strict_judge(output, gold, task, expected):
     assert is_correct_strict(output, gold, task) is expected

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from fake_openai_server import FakeOpenAIServer
+from helpers import RUN_PARAMS, notebook_runner, write_notebook
 from nesylib.teacher import CachedTeacher, CallStore, TeacherError, TeacherReply, TeacherRequest
 from nesylib.teacher.openai_backend import OpenAIBackend
 
@@ -206,11 +207,7 @@ def test_notebook_04_stops_when_the_knowledge_writer_never_gives_usable_knowledg
     import papermill as pm
 
     monkeypatch.setenv(KEY_ENV, "sk-test-" + "w5" * 16)
-    common = dict(preset="t", run_root=str(tmp_path), student=str(tiny_model_dir), bbh_tasks=["navigate"],
-                  train_per_task=4, gsm8k_train=0, eval_per_task={"bbh": 1}, seed=42)
-    run = lambda nb, **p: pm.execute_notebook(  # noqa: E731
-        str(ROOT / "notebooks" / nb), str(tmp_path / nb), parameters=common | p, progress_bar=False,
-        cwd=str(ROOT / "notebooks"))
+    run = notebook_runner(tmp_path, tiny_model_dir, train_per_task=4, gsm8k_train=0)
     run("01_teacher_distillation.ipynb")
     items = json.loads((tmp_path / "01_teacher_distillation" / "results.json").read_text())["accepted"]
     assert items > 0
@@ -308,18 +305,10 @@ runner.run_preset(sys.argv[1], run_root=sys.argv[2], notebooks_dir=Path(sys.argv
 
 def test_two_runs_of_one_notebook_on_one_run_root_do_not_run_together(tmp_path):
     """The collision of issue 17 (two runs of one notebook on one run root), end to end."""
-    import nbformat
-
     from nesylib import runner, runs
 
     nbs = tmp_path / "nbs"
-    nbs.mkdir()
-    nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell('preset = "adhoc"\nrun_root = None\nseed = 1')
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell(_SLOW_NB)]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, str(nbs / "00_slow.ipynb"))
+    write_notebook(nbs / "00_slow.ipynb", RUN_PARAMS, _SLOW_NB)
     preset = tmp_path / "p.yaml"
     preset.write_text("name: p\ncommon: {seed: 3}\n")
     root = tmp_path / "run"

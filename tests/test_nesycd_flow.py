@@ -5,10 +5,10 @@ rationales, real LoRA training (2 steps) and real batched generation. The random
 everything wrong, so every item becomes a KB entry through the offline derived tutor.
 """
 import json
-from pathlib import Path
 
 import pytest
 
+from helpers import notebook_runner
 from nesylib import nesycd, prompts, students
 from nesylib.data import load_bbh, load_gsm8k, subsample
 from nesylib.formats import examples_for
@@ -135,12 +135,9 @@ def test_retrieval_and_evaluation_with_kb_prompts(flow, data_dir):
 def test_kb_notebook_with_an_api_tutor(tmp_path, monkeypatch, tiny_model_dir):
     """02 against a local OpenAI-compatible server with faults: invalid analyses are retried and then
     recorded as failures, valid ones become entries, and the key is never written anywhere."""
-    import papermill as pm
-
     from fake_openai_server import FakeOpenAIServer
     from nesylib.kb import KB_PROMPT_VERSION, QUESTION_HEADER
 
-    root = Path(__file__).resolve().parents[1]
     key = "sk-test-" + "k3" * 16
     monkeypatch.setenv("NESYLIB_TUTOR_KEY", key)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
@@ -151,11 +148,7 @@ def test_kb_notebook_with_an_api_tutor(tmp_path, monkeypatch, tiny_model_dir):
             return "I cannot help with this one."  # no sections: invalid on every attempt
         return "Learning Summary:\n1. Check each step.\n\nSupplementary Knowledge:\n1. A relevant fact."
 
-    common = dict(preset="t", run_root=str(tmp_path), student=str(tiny_model_dir), bbh_tasks=["navigate"],
-                  train_per_task=3, gsm8k_train=2, eval_per_task={"bbh": 1}, seed=42)
-    run = lambda nb, **p: pm.execute_notebook(  # noqa: E731
-        str(root / "notebooks" / nb), str(tmp_path / nb), parameters=common | p, progress_bar=False,
-        cwd=str(root / "notebooks"))
+    run = notebook_runner(tmp_path, tiny_model_dir, train_per_task=3, gsm8k_train=2)
     run("01_teacher_distillation.ipynb")
     with FakeOpenAIServer(api_key=key, fault_rate=0.3, seed=4, faults=("429", "500"), reply_fn=reply) as s:
         run("02_kb_construction.ipynb", train={"max_steps": 1, "per_device_batch": 2, "grad_accum": 1, "lora_r": 4,
@@ -184,16 +177,11 @@ def test_a_tutor_that_never_parses_stops_02_and_an_empty_kb_stops_03(tmp_path, m
 
     from fake_openai_server import FakeOpenAIServer
 
-    root = Path(__file__).resolve().parents[1]
     monkeypatch.setenv("NESYLIB_TUTOR_KEY", "sk-test-" + "n8" * 16)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    common = dict(preset="t", run_root=str(tmp_path), student=str(tiny_model_dir), bbh_tasks=["navigate"],
-                  train_per_task=3, gsm8k_train=0, eval_per_task={"bbh": 1}, seed=42)
     tiny = dict(train={"max_steps": 1, "per_device_batch": 2, "grad_accum": 1, "lora_r": 4, "lora_alpha": 8,
                        "cutoff_len": 384}, max_new_tokens=8)
-    run = lambda nb, **p: pm.execute_notebook(  # noqa: E731
-        str(root / "notebooks" / nb), str(tmp_path / nb), parameters=common | p, progress_bar=False,
-        cwd=str(root / "notebooks"))
+    run = notebook_runner(tmp_path, tiny_model_dir, train_per_task=3, gsm8k_train=0)
     run("01_teacher_distillation.ipynb")
     with FakeOpenAIServer(reply_fn=lambda body: "Happy to help! The student should think harder.") as s:
         tutor = dict(tutor_backend="openai", tutor_model="fake-tutor", tutor_base_url=s.base_url,

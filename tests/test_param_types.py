@@ -11,6 +11,7 @@ import nbformat
 import papermill as pm
 import pytest
 
+from helpers import write_notebook
 from nesylib import param_model, params, runner, runs
 from nesylib.errors import ConfigError
 
@@ -80,14 +81,9 @@ def test_annotation_types(text, types):
 
 
 def test_a_notebook_of_ones_own_is_typed_by_its_annotations(tmp_path):
-    nb = nbformat.v4.new_notebook()
-    cell = nbformat.v4.new_code_cell("from typing import Optional\nk: Optional[int] = None  # how many\nrate = 0.5\n"
-                                     "name = make_name()")
-    cell.metadata["tags"] = ["parameters"]
-    nb.cells = [cell]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     path = tmp_path / "00_mine.ipynb"
-    nbformat.write(nb, str(path))
+    write_notebook(path, "from typing import Optional\nk: Optional[int] = None  # how many\nrate = 0.5\n"
+                         "name = make_name()")
     found = params.notebook_parameters(path)
     assert found["k"].types == (int, type(None)) and found["k"].help == "how many"
     assert found["rate"].problem(1) is None and found["rate"].problem("fast") == "expects float, got 'fast'"

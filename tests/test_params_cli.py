@@ -3,9 +3,9 @@ overrides are checked before anything runs and reach params.json and the cache k
 notebook's parameters."""
 from pathlib import Path
 
-import nbformat
 import pytest
 
+from helpers import RUN_PARAMS, write_notebook
 from nesylib import cli, params, runs
 from nesylib.errors import ConfigError
 
@@ -107,19 +107,13 @@ def test_a_bad_set_stops_the_cli_before_any_notebook_runs(tmp_path, capsys):
 
 
 def _notebook(path, stem):
-    nb = nbformat.v4.new_notebook()
-    cell = nbformat.v4.new_code_cell('preset = "adhoc"\nrun_root = None\nseed = 1\nlr = 0.1  # step size')
-    cell.metadata["tags"] = ["parameters"]
     body = (f"from nesylib import runs\nctx = runs.start({stem!r}, dict(preset=preset, run_root=run_root, seed=seed, "
             f"lr=lr))\nctx.save_results({{'lr': lr}})")
-    nb.cells = [cell, nbformat.v4.new_code_cell(body)]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, str(path))
+    write_notebook(path, RUN_PARAMS + "\nlr = 0.1  # step size", body)
 
 
 def test_set_values_reach_params_json_the_log_and_the_cache_key(tmp_path):
     nbs = tmp_path / "nbs"
-    nbs.mkdir()
     _notebook(nbs / "00_first.ipynb", "00_first")
     preset = tmp_path / "p.yaml"
     preset.write_text("name: p\ncommon: {seed: 3}\n")

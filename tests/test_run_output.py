@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nbformat
 import pytest
 
+from helpers import RUN_PARAMS, write_notebook
 from nesylib import progress, runner, runs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,14 +47,9 @@ os.write(2, b"kernel stderr is kept\\n")'''
 
 
 def _notebook(path: Path, stem: str, body: str) -> None:
-    nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell('preset = "adhoc"\nrun_root = None\nseed = 1\nnap = 0.0')
-    params.metadata["tags"] = ["parameters"]
     start = (f"import time\nimport nesylib\nfrom nesylib import runs\n"
              f"ctx = runs.start({stem!r}, dict(preset=preset, run_root=run_root, seed=seed, nap=nap))")
-    nb.cells = [params, nbformat.v4.new_code_cell(start), nbformat.v4.new_code_cell(body)]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, str(path))
+    write_notebook(path, RUN_PARAMS + "\nnap = 0.0", start, body)
 
 
 def _outputs(path: Path) -> str:
@@ -64,7 +59,6 @@ def _outputs(path: Path) -> str:
 
 def test_a_run_shows_a_heartbeat_and_last_time_without_kernel_noise_and_errors_still_show(tmp_path, capfd):
     nbs = tmp_path / "nbs"
-    nbs.mkdir()
     body = (_NOISY_SHUTDOWN + "\nfrom tqdm.auto import tqdm as auto_bar\nfrom nesylib.progress import tqdm_class\n"
             "print('bars:', auto_bar.__module__, tqdm_class().__module__)\ntime.sleep(nap)\n"
             "ctx.save_results({'nap': nap})")

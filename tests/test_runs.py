@@ -1,6 +1,5 @@
 """Run orchestration: the run order (06 after 08, figures last) and caching shared by partial and full runs."""
-import nbformat
-
+from helpers import RUN_PARAMS, write_notebook
 from nesylib import runner, runs
 
 
@@ -16,17 +15,11 @@ def test_run_order_puts_ablations_after_08_and_figures_last(tmp_path):
 
 
 def _notebook(path, body, extra_params=""):
-    nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell('preset = "adhoc"\nrun_root = None\nseed = 1' + extra_params)
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell(body)]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, str(path))
+    write_notebook(path, RUN_PARAMS + extra_params, body)
 
 
 def test_only_runs_and_full_runs_share_the_cache(tmp_path):
     nbs = tmp_path / "nbs"
-    nbs.mkdir()
     for stem in ("00_first", "01_second", "02_third"):
         _notebook(nbs / f"{stem}.ipynb", "from nesylib import runs\n"
                   f"ctx = runs.start({stem!r}, dict(preset=preset, run_root=run_root, seed=seed))\n"
@@ -65,7 +58,6 @@ def test_every_preset_names_only_declared_parameters_and_prices_its_budgets():
 
 def test_a_relative_run_root_is_the_same_folder_for_the_runner_and_the_notebooks(tmp_path, monkeypatch):
     nbs = tmp_path / "nbs"
-    nbs.mkdir()
     _notebook(nbs / "00_first.ipynb", "from nesylib import runs\n"
               "ctx = runs.start('00_first', dict(preset=preset, run_root=run_root, seed=seed))\n"
               "ctx.save_results({'seed': seed})")
@@ -96,7 +88,6 @@ def test_a_failed_forced_rerun_leaves_the_good_run_untouched_and_records_the_fai
     import pytest
 
     nbs = tmp_path / "nbs"
-    nbs.mkdir()
     _flaky_notebook(nbs / "00_nb.ipynb")
     preset = tmp_path / "p.yaml"
     preset.write_text("name: p\ncommon: {seed: 3}\n")
@@ -138,7 +129,6 @@ def test_a_failure_before_start_is_recorded_with_the_runners_parameters(tmp_path
     import pytest
 
     nbs = tmp_path / "nbs"
-    nbs.mkdir()
     _flaky_notebook(nbs / "00_nb.ipynb", "raise ValueError('bad before start')")
     preset = tmp_path / "p.yaml"
     preset.write_text("name: p\ncommon: {seed: 7}\n")
@@ -166,7 +156,6 @@ if fail:
     raise RuntimeError('injected failure')
 """
     nbs = tmp_path / "nbs"
-    nbs.mkdir()
     _flaky_notebook(nbs / "00_nb.ipynb", body)
     preset = tmp_path / "p.yaml"
     root = tmp_path / "run"
@@ -196,7 +185,6 @@ def test_a_hand_edited_upstream_file_reruns_what_read_it_and_the_log_says_why(tm
     """The README invites editing kb.jsonl by hand: the notebooks that read that folder run again (the one that
     wrote it does not, which would overwrite the edit), and the log names the file; parameters likewise."""
     nbs = tmp_path / "nbs"
-    nbs.mkdir()
     _notebook(nbs / "00_first.ipynb", "from nesylib import runs\n"
               "ctx = runs.start('00_first', dict(preset=preset, run_root=run_root, seed=seed))\n"
               "ctx.path('kb.jsonl').write_text('{\"k\": 1}\\n')\nctx.save_results({'seed': seed})")

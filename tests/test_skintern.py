@@ -1,38 +1,25 @@
 """SKIntern stage data (D15-D17) on real BBH items with Codex rationales."""
-import hashlib
 import re
 
 import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
+from helpers import bow_embed, codex_records
 from nesylib import prompts
 from nesylib.compress import WordTruncationCompressor, compress_stages
 from nesylib.curriculum import Schedule
-from nesylib.data import load_bbh, load_codex_rationales, subsample
 from nesylib.errors import ConfigError, DataError
 from nesylib.skintern import plan_table, progressive_plan, stage_examples
 
 TASKS = ["date_understanding", "navigate", "web_of_lies"]
 
 
-def bow_embed(texts, dim=1024):
-    out = np.zeros((len(texts), dim), dtype=np.float32)
-    for i, t in enumerate(texts):
-        for w in re.findall(r"[a-z0-9]+", t.lower()):
-            out[i, int(hashlib.md5(w.encode()).hexdigest(), 16) % dim] += 1.0
-    return out
-
-
 @pytest.fixture(scope="module")
 def train(data_dir):
-    recs = []
-    for task in TASKS:
-        cots = load_codex_rationales(task)
-        for r in subsample(load_bbh("train", tasks=[task]), per_task=12):
-            cot = cots[int(r["uid"].rsplit("/", 1)[1])]
-            r["rationale"] = cot.split("So the answer is")[0].strip() + f" Therefore, the answer is {r['answer']}."
-            recs.append(r)
+    recs = codex_records(TASKS, per_task=12)
+    for r in recs:
+        r["rationale"] += f" Therefore, the answer is {r['answer']}."
     return recs
 
 

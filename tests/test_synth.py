@@ -5,6 +5,7 @@ from collections import Counter
 
 import pytest
 
+from helpers import synth_fixtures
 from nesylib.data import parse_options
 from nesylib.errors import ConfigError, DataError
 from nesylib.prompts import ANSWER_MARKER, split_rationale
@@ -14,21 +15,7 @@ from nesylib.synth.bench import _question
 from nesylib.teacher.base import Teacher, TeacherRequest
 
 DEFAULT = SynthConfig()
-
-
-@pytest.fixture(scope="module")
-def world():
-    return generate_world(DEFAULT)
-
-
-@pytest.fixture(scope="module")
-def bench(world):
-    return generate_benchmark(DEFAULT, world)
-
-
-@pytest.fixture(scope="module")
-def teacher(world):
-    return SynthTeacher(world)
+world, bench, teacher = synth_fixtures(DEFAULT)
 
 
 def _ask(teacher, record, kind="cot", **extra):

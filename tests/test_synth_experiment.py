@@ -3,27 +3,14 @@ import json
 
 import pytest
 
+from helpers import synth_fixtures
 from nesylib import prompts
 from nesylib.errors import ConfigError, DataError
-from nesylib.synth import SynthConfig, SynthTeacher, generate_benchmark, generate_world, rationale_records, solve
+from nesylib.synth import SynthConfig, rationale_records, solve
 from nesylib.synth import experiment as sx
 
 SMOKE = SynthConfig.smoke()
-
-
-@pytest.fixture(scope="module")
-def world():
-    return generate_world(SMOKE)
-
-
-@pytest.fixture(scope="module")
-def bench(world):
-    return generate_benchmark(SMOKE, world)
-
-
-@pytest.fixture(scope="module")
-def teacher(world):
-    return SynthTeacher(world)
+world, bench, teacher = synth_fixtures(SMOKE)
 
 
 @pytest.fixture(scope="module")
