@@ -35,8 +35,9 @@ def main(argv=None) -> int:
 
     from transformers import AutoTokenizer
 
-    from nesylib import methods as mth
-    from nesylib import students, synth
+    from nesylib.methods import catalog as mth
+    from nesylib import synth
+    from nesylib.methods import students
     from nesylib.models import resolve_model
     from nesylib.synth import experiment as sx
 
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         # the run's own adapter (found by its key), evaluated again here without the evaluation
         # store (a stored evaluation would be read back, not generated): generation alone
-        from nesylib.formats import examples_for
+        from nesylib.methods.formats import examples_for
 
         examples = examples_for(args.method, train_rows)
         where = students.student_dir(run_root, args.method, examples, cfg, p["student"])

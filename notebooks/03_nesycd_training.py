@@ -26,7 +26,7 @@ bbh_tasks: Optional[list] = None
 train_per_task: Optional[int] = None
 gsm8k_train: Optional[int] = None
 eval_per_task: dict = {"bbh": None}
-train: dict = {}                      # nesylib.train.TrainConfig fields (the recipe every student shares)
+train: dict = {}                      # nesylib.training.config.TrainConfig fields (the recipe every student shares)
 eval_batch_size: int = 16
 max_new_tokens: Optional[int] = None  # None: per-task caps (calibration.md); 1024 is the authors' protocol
 k_retrieve: int = 3                   # KB entries retrieved per question
@@ -45,10 +45,12 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from nesylib import experiment, nesycd, param_model, prompts, report, students
-from nesylib.kb import KnowledgeBase
-from nesylib.knowledge import require_kb_entries
-from nesylib.train import pick_backend
+from nesylib import report
+from nesylib.methods import nesycd, prompts, students
+from nesylib.pipeline import experiment, param_model
+from nesylib.knowledge.kb import KnowledgeBase
+from nesylib.knowledge.writer import require_kb_entries
+from nesylib.training.backends import pick_backend
 
 backend = pick_backend()  # before transformers is used: unsloth patches it on a GPU
 ctx = param_model.start("03_nesycd_training", globals())
@@ -71,7 +73,7 @@ print(f"backend {backend}; KB {len(kb)} entries (tutor {kb_info['tutor']}); {len
 # ## S_E: LoRA from the base model on KB errors (P-KB) + Direct CoT (P-STD) + Answer Prediction (P-FT)
 
 # %%
-from nesylib import methods as mth
+from nesylib.methods import catalog as mth
 
 lab = mth.Lab(student, cfg, ctx.dir.parent, ctx.dir, batch_size=eval_batch_size, max_new_tokens=max_new_tokens,
               seed=seed)
@@ -96,8 +98,8 @@ if shown is not None:
 # %%
 gate_fn = None
 if gate:
-    from nesylib.kb import confidence_gate
-    from nesylib.train import load_student
+    from nesylib.knowledge.kb import confidence_gate
+    from nesylib.training.engine import load_student
 
     gate_model, gate_tok = load_student(student, se_adapter)
     gate_fn = lambda r: confidence_gate(gate_model, gate_tok, prompts.std(r), threshold=gate_threshold)  # noqa: E731

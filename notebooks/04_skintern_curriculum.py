@@ -34,7 +34,7 @@ bbh_tasks: Optional[list] = None
 train_per_task: Optional[int] = None
 gsm8k_train: Optional[int] = None
 eval_per_task: dict = {"bbh": None}
-train: dict = {}                          # nesylib.train.TrainConfig fields (the Std-CoT recipe of the preset)
+train: dict = {}                          # nesylib.training.config.TrainConfig fields (the Std-CoT recipe of the preset)
 eval_batch_size: int = 16
 max_new_tokens: Optional[int] = None      # None: per-task caps (calibration.md); 1024 is the authors' protocol
 knowledge_backend: str = "derived"        # derived | openai | local
@@ -61,8 +61,10 @@ import dataclasses
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from nesylib import compress, curriculum, experiment, nesycd, param_model, prompts, report, runs, skintern, students
-from nesylib.train import pick_backend
+from nesylib import report
+from nesylib.methods import compress, curriculum, nesycd, prompts, skintern, students
+from nesylib.pipeline import experiment, param_model, runs
+from nesylib.training.backends import pick_backend
 
 backend = pick_backend()  # before transformers is used: unsloth patches it on a GPU
 ctx = param_model.start("04_skintern_curriculum", globals())
@@ -80,7 +82,7 @@ pd.DataFrame(schedule.table())
 # ## 1 · Knowledge for every training item
 
 # %%
-from nesylib.knowledge import describe_summary, generate_knowledge, require_knowledge
+from nesylib.knowledge.writer import describe_summary, generate_knowledge, require_knowledge
 
 writer = nesycd.tutor_from_params(knowledge_backend, train_recs, knowledge_model, knowledge_base_url, api_key_env,
                                   store_path or ctx.store("knowledge_store.jsonl"), concurrency, budget_usd,
@@ -120,7 +122,7 @@ else:
 # %%
 from transformers import AutoConfig, AutoTokenizer
 
-from nesylib.flops import model_dims
+from nesylib.evaluation.flops import model_dims
 from nesylib.models import resolve_model
 
 tok = AutoTokenizer.from_pretrained(resolve_model(student))
@@ -149,7 +151,7 @@ if budget["raised"]:
           f"raised to {budget['total_steps']}")
 embedder = None
 if demo_mode == "similar":
-    from nesylib.retrieval import embed as embedder
+    from nesylib.knowledge.retrieval import embed as embedder
 plan = skintern.progressive_plan(train_recs, k_stages, schedule, budget["total_steps"], demo_mode, seed,
                                  tokenizer=tok, cutoff_len=cutoff, embedder=embedder)
 assert [e.prompt for e in plan[-1].examples] == [prompts.std(r) for r in train_recs], "last stage must be P-STD"
@@ -166,15 +168,15 @@ print(plan[0].examples[0].prompt[:1500] if plan and plan[0].examples else "no st
 # The loss is logged at every step (`logging_steps=1`) so that each stage's loss is its own.
 
 # %%
-from nesylib.train import Stage
+from nesylib.training.engine import Stage
 
-from nesylib import methods as mth
+from nesylib.methods import catalog as mth
 
 train_cfg = dataclasses.replace(cfg, logging_steps=1)
 lab = mth.Lab(student, train_cfg, ctx.dir.parent, ctx.dir, batch_size=eval_batch_size, max_new_tokens=max_new_tokens,
               seed=seed)
 stages = [Stage(p.examples, p.steps, name=f"t{p.stage}") for p in plan]
-lab.fit("skintern", stages)  # the same training step as nesylib.methods.skintern_method
+lab.fit("skintern", stages)  # the same training step as nesylib.methods.catalog.skintern_method
 res = lab.trained["skintern"]
 out_dir = res.adapter_dir.parent
 losses = skintern.stage_losses(res.metrics)
@@ -235,7 +237,7 @@ kard = experiment.KardKnowledge(train_recs, knowledge, k=3)
 prompt_sets["kard"] = [prompts.kard(r, kard.test(r)) for r in test_recs]
 kb_path = ctx.dir.parent / "02_kb_construction" / "kb.jsonl"
 if (ctx.dir.parent / "02_kb_construction" / "results.json").is_file() and kb_path.is_file():
-    from nesylib.kb import KnowledgeBase
+    from nesylib.knowledge.kb import KnowledgeBase
 
     prompt_sets["nesycd"] = nesycd.kb_prompts(test_recs, KnowledgeBase.load(kb_path))
 else:

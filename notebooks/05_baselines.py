@@ -28,7 +28,7 @@ bbh_tasks: Optional[list] = None
 train_per_task: Optional[int] = None
 gsm8k_train: Optional[int] = None
 eval_per_task: dict = {"bbh": None}
-train: dict = {}                      # nesylib.train.TrainConfig fields, e.g. epochs, lr, per_device_batch
+train: dict = {}                      # nesylib.training.config.TrainConfig fields, e.g. epochs, lr, per_device_batch
 eval_batch_size: int = 16
 max_new_tokens: Optional[int] = None  # None: per-task caps (calibration.md); 1024 is the authors' protocol
 methods: list = ["base", "ft", "std", "mt-cot", "mt-re", "kard", "cascod"]
@@ -38,12 +38,14 @@ kard_k: int = 3                       # KARD: passages per question
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from nesylib import experiment, param_model, report, students
-from nesylib.train import pick_backend
+from nesylib import report
+from nesylib.methods import students
+from nesylib.pipeline import experiment, param_model
+from nesylib.training.backends import pick_backend
 
 backend = pick_backend()  # before transformers is used: unsloth patches it on a GPU
 ctx = param_model.start("05_baselines", globals())
-from nesylib.methods import check_methods
+from nesylib.methods.catalog import check_methods
 
 check_methods(methods, ("base", "ft", "std", "mt-cot", "mt-re", "kard", "kaft", "cascod"))
 cfg = students.train_config(train)
@@ -53,7 +55,7 @@ print(f"backend {backend}; {len(train_recs)} training items; evaluation:",
       {k: len(v) for k, v in eval_sets.items()})
 
 # %%
-from nesylib import methods as mth
+from nesylib.methods import catalog as mth
 
 lab = mth.Lab(student, cfg, ctx.dir.parent, ctx.dir, batch_size=eval_batch_size, max_new_tokens=max_new_tokens,
               seed=seed)

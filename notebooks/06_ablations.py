@@ -11,10 +11,10 @@
 # | `schedule` | SKIntern: decay shape (linear, exponential, step) and number of stages T | knowledge, demos, step budget | one training per variant |
 # | `content` | SKIntern: knowledge only (no demos) or demos only (no knowledge) | schedule, step budget | one training per variant |
 #
-# This notebook runs **after** 08 (`nesylib.runner.RUN_AFTER`): it reads 08's parameters, benchmark, knowledge and
-# knowledge base, so every variant differs from 08's run in the swept factor only; the variant equal to 08's
-# configuration reuses 08's cached adapter and, where its prompts match too, 08's stored answers. Every sweep is
-# a list parameter; an empty list skips it.
+# This notebook runs **after** 08 (`nesylib.pipeline.runner.RUN_AFTER`): it reads 08's parameters, benchmark,
+# knowledge and knowledge base, so every variant differs from 08's run in the swept factor only; the variant
+# equal to 08's configuration reuses 08's cached adapter and, where its prompts match too, 08's stored answers.
+# Every sweep is a list parameter; an empty list skips it.
 
 # %% tags=["parameters"]
 # parameters
@@ -37,8 +37,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
 
-from nesylib import param_model, students
-from nesylib.train import pick_backend
+from nesylib.methods import students
+from nesylib.pipeline import param_model
+from nesylib.training.backends import pick_backend
 
 backend = pick_backend()  # before transformers is used: unsloth patches it on a GPU
 from nesylib import synth
@@ -60,11 +61,11 @@ print(f"backend {backend}; 08's configuration: " + json.dumps({k: base[k] for k 
 # %%
 from transformers import AutoTokenizer
 
-from nesylib.curriculum import Schedule
-from nesylib.kb import KnowledgeBase
+from nesylib.methods.curriculum import Schedule
+from nesylib.knowledge.kb import KnowledgeBase
 from nesylib.models import resolve_model
-from nesylib import methods as mth
-from nesylib.nesycd import retrieved_knowledge
+from nesylib.methods import catalog as mth
+from nesylib.methods.nesycd import retrieved_knowledge
 
 bench = synth.load_benchmark(src / "benchmark")
 world = synth.load_world(src / "benchmark")
@@ -122,7 +123,7 @@ for frac in sweeps["train_size"]:
 
 # %%
 if sweeps["schedule"] or sweeps["content"]:
-    from nesylib.compress import make_compressor
+    from nesylib.methods.compress import make_compressor
     comp = make_compressor(base["compressor"], model_name=student)
     variants = [(f"{kind}, T={T}", "schedule", Schedule(T=T, kind=kind, max_demos=base["max_demos"]), knowledge)
                 for kind, T in sweeps["schedule"]]

@@ -32,13 +32,15 @@ from pathlib import Path
 
 from IPython.display import Image, Markdown, display
 
-from nesylib import param_model, report
+from nesylib import report
+from nesylib.pipeline import param_model
 
 ctx = param_model.start("07_flops_and_figures", globals())
 source = Path(results_dir).resolve() if results_dir else ctx.dir.parent
 rep = report.build_report(source)
-for nb in rep.collected.notebooks.values():
-    ctx.record_read(nb.path.parent)  # its files are hashed into done.json: an edited one re-runs this notebook
+if not results_dir:  # this run's folders: their files are hashed into done.json, so an edited one re-runs 07
+    for nb in rep.collected.notebooks.values():
+        ctx.record_read(nb.path.parent)
 print(f"reading {source}")
 print("found:", ", ".join(rep.collected.notebooks))
 for note in rep.notes:

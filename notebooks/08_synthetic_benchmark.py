@@ -28,7 +28,7 @@ preset: str = "adhoc"
 run_root: Optional[str] = None
 seed: int = 42
 student: str = "smollm2-135m"
-train: dict = {}                            # nesylib.train.TrainConfig fields, shared by every notebook of a preset
+train: dict = {}                            # nesylib.training.config.TrainConfig fields, shared by every notebook of a preset
 eval_batch_size: int = 16
 max_new_tokens: Optional[int] = None        # None: per-task caps from the teacher rationales (1.3 x longest)
 train_overrides: dict = {}                  # fields replaced for this notebook only (e.g. a shorter budget)
@@ -57,15 +57,17 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
 
-from nesylib import param_model, report, runs, students
-from nesylib.train import pick_backend
+from nesylib import report
+from nesylib.methods import students
+from nesylib.pipeline import param_model, runs
+from nesylib.training.backends import pick_backend
 
 backend = pick_backend()  # before transformers is used: unsloth patches it on a GPU
 from nesylib import synth
 from nesylib.synth import experiment as sx
 
 ctx = param_model.start("08_synthetic_benchmark", globals())
-from nesylib.methods import check_methods
+from nesylib.methods.catalog import check_methods
 
 check_methods(methods)
 cfg = students.train_config({**train, **train_overrides})
@@ -104,11 +106,11 @@ eval_features.groupby(["split", "hops", "min_exposure"]).size().unstack(fill_val
 # %%
 from transformers import AutoTokenizer
 
-from nesylib import methods as mth
-from nesylib.curriculum import Schedule
-from nesylib.experiment import KardKnowledge
-from nesylib.kb import build_kb
-from nesylib.knowledge import describe_summary, generate_knowledge, require_kb_entries, require_knowledge
+from nesylib.methods import catalog as mth
+from nesylib.methods.curriculum import Schedule
+from nesylib.pipeline.experiment import KardKnowledge
+from nesylib.knowledge.kb import build_kb
+from nesylib.knowledge.writer import describe_summary, generate_knowledge, require_kb_entries, require_knowledge
 from nesylib.models import resolve_model
 
 teacher = synth.SynthTeacher(world)
@@ -156,7 +158,7 @@ if "oracle" in methods:
 
 # %%
 if "nesycd" in methods:
-    from nesylib.formats import examples_for
+    from nesylib.methods.formats import examples_for
 
     sp_adapter = lab.fit("std", examples_for("std", train_rows))  # S_P is the Std-CoT student
     errs = mth.nesycd_errors(lab, sp_adapter, train_rows, demo_items_per_task)
@@ -195,7 +197,7 @@ if {"kard", "kaft"} & set(methods):
 
 # %%
 if "skintern" in methods:
-    from nesylib.compress import make_compressor
+    from nesylib.methods.compress import make_compressor
 
     comp = make_compressor(compressor, model_name=student)
     results["skintern"] = mth.skintern_method(lab, train_rows, knowledge, eval_sets,

@@ -10,7 +10,7 @@ files (``make lab`` pairs them, notebooks/jupytext.toml). The ``.ipynb`` is writ
 fixed cell ids and metadata, so the same source always gives the same bytes (the runner's cache keys
 hash the notebook).
 
-The parameters cell is not edited by hand: ``nesylib/param_model.py`` declares every notebook's parameters
+The parameters cell is not edited by hand: ``nesylib/pipeline/param_model.py`` declares every notebook's parameters
 (shared sections written once) and this script writes the cell from it; ``--check`` also fails when a
 ``.py`` source's parameters cell differs from the model.
 """
@@ -67,11 +67,11 @@ _PARAMS_HEADER = '# %% tags=["parameters"]'
 
 
 def with_model_parameters(source: Path) -> str:
-    """The text of ``source`` with its parameters cell written from ``nesylib.param_model``."""
-    from nesylib.param_model import NOTEBOOKS, parameters_cell
+    """The text of ``source`` with its parameters cell written from ``nesylib.pipeline.param_model``."""
+    from nesylib.pipeline.param_model import NOTEBOOKS, parameters_cell
 
     if source.stem not in NOTEBOOKS:
-        raise SystemExit(f"{source}: nesylib/param_model.py declares no parameters for {source.stem!r}")
+        raise SystemExit(f"{source}: nesylib/pipeline/param_model.py declares no parameters for {source.stem!r}")
     lines = source.read_text(encoding="utf-8").split("\n")
     if lines.count(_PARAMS_HEADER) != 1:
         raise SystemExit(f"{source}: needs exactly one {_PARAMS_HEADER!r} line")
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
             text = with_model_parameters(s)
             if text != s.read_text(encoding="utf-8"):
                 s.write_text(text, encoding="utf-8")
-                print(f"{s.relative_to(REPO)}: parameters cell written from nesylib/param_model.py")
+                print(f"{s.relative_to(REPO)}: parameters cell written from nesylib/pipeline/param_model.py")
             print(build(s).relative_to(REPO))
         return 0
     import tempfile
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for s in todo:
             if with_model_parameters(s) != s.read_text(encoding="utf-8"):
-                stale.append(f"{s.name} (its parameters cell differs from nesylib/param_model.py)")
+                stale.append(f"{s.name} (its parameters cell differs from nesylib/pipeline/param_model.py)")
             built = build(s, Path(tmp))
             committed = s.with_suffix(".ipynb")
             if not committed.is_file() or committed.read_bytes() != built.read_bytes():

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-import nesylib.checkpoints as C
-import nesylib.train as T
-from nesylib.prompts import Example
+import nesylib.training.checkpoints as C
+import nesylib.training.engine as T
+from nesylib.methods.prompts import Example
 
 rank = int(os.environ.get("RANK", "0"))
 rec = {"rank": rank, "micro": [], "writes": [], "order": None}
@@ -111,7 +111,7 @@ def instrumented_run(model_dir, out_dir, log_dir, world_size: int, per_device: i
     rec.update(micro=[], writes=[], order=None)
     names = ("ItemDataset", "ItemCollator", "StreamSampler", "_trainer_class", "write_json", "atomic_dir")
     saved = {n: getattr(T, n) for n in names}
-    saved_run_file_writer = C.write_json  # the run folder's run.json is written by nesylib.checkpoints
+    saved_run_file_writer = C.write_json  # the run folder's run.json is written by nesylib.training.checkpoints
     T.ItemDataset, T.ItemCollator, T.StreamSampler = TaggingDataset, TaggingCollator, RecordingSampler
     T._trainer_class = recording_trainer_class
     T.write_json = recording(saved["write_json"], "write_json")

@@ -26,7 +26,7 @@ def bow_embed(texts, dim=1024):
 def codex_records(tasks, per_task=None):
     """BBH train records of ``tasks`` whose "rationale" is the item's Codex CoT up to its "So the answer is"
     sentence; ``per_task`` keeps a seeded subsample of that many items per task."""
-    from nesylib.data import load_bbh, load_codex_rationales, subsample
+    from nesylib.data.benchmarks import load_bbh, load_codex_rationales, subsample
 
     recs = []
     for task in tasks:

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from nesylib import runs
+from nesylib.pipeline import runs
 from nesylib.errors import ConfigError, DataError
 from nesylib.synth import ablations as ab
 

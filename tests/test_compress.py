@@ -5,12 +5,12 @@ import re
 import pytest
 import torch
 
-from nesylib import compress as C
-from nesylib.compress import (Compressed, SelfInfoCompressor, WordTruncationCompressor, compress_stages,
-                              make_compressor, resolve_compressor_name)
-from nesylib.curriculum import Schedule
+from nesylib.methods import compress as C
+from nesylib.methods.compress import (Compressed, SelfInfoCompressor, WordTruncationCompressor, compress_stages,
+                                      make_compressor, resolve_compressor_name)
+from nesylib.methods.curriculum import Schedule
 from nesylib.errors import ConfigError
-from nesylib.knowledge import DEMOS
+from nesylib.knowledge.writer import DEMOS
 from nesylib.models import load_model
 
 KNOWLEDGE = [

@@ -3,7 +3,7 @@ from fractions import Fraction
 
 import pytest
 
-from nesylib.curriculum import KINDS, Schedule, steps_per_stage
+from nesylib.methods.curriculum import KINDS, Schedule, steps_per_stage
 from nesylib.errors import ConfigError
 
 

@@ -15,11 +15,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from nesylib.errors import ConfigError
-from nesylib.prompts import Example
-from nesylib.sft_data import StreamSampler, item_order
-from nesylib.students import student_dir
-from nesylib.loss import group_weighted_ce, target_token_norms
-from nesylib.train import Stage, TrainConfig, fingerprint, load_student, steps_for, train_lora
+from nesylib.methods.prompts import Example
+from nesylib.training.sft_data import StreamSampler, item_order
+from nesylib.methods.students import student_dir
+from nesylib.training.loss import group_weighted_ce, target_token_norms
+from nesylib.training.engine import Stage, TrainConfig, fingerprint, load_student, steps_for, train_lora
 
 HERE = Path(__file__).resolve().parent
 # measured: loss curves agree to 1e-7 relative (float32 rounding: other padding widths, the gradient all-reduce);

@@ -6,11 +6,11 @@ import pytest
 from transformers import AutoTokenizer
 
 from helpers import bow_embed, codex_records
-from nesylib import prompts
-from nesylib.data import load_bbh
-from nesylib.demos import CachedEmbedder, _first_words, fit_prompt, select_demos
+from nesylib.methods import prompts
+from nesylib.data.benchmarks import load_bbh
+from nesylib.methods.demos import CachedEmbedder, _first_words, fit_prompt, select_demos
 from nesylib.errors import ConfigError, DataError
-from nesylib.knowledge import DEMOS
+from nesylib.knowledge.writer import DEMOS
 
 TASKS = ["date_understanding", "navigate"]
 
@@ -110,7 +110,7 @@ def test_fit_prompt_drops_demos_then_knowledge_words(train, tok, caplog):
     # room for half the knowledge: all demos go, then the knowledge is cut to the longest fitting prefix
     bare = prompts.inter(rec, "", [])
     budget = (n_tok(bare) + n_tok(prompts.inter(rec, knowledge, []))) // 2
-    with caplog.at_level(logging.INFO, logger="nesylib.demos"):
+    with caplog.at_level(logging.INFO, logger="nesylib.methods.demos"):
         p, info = fit_prompt(rec, knowledge, demos, tok, budget + 30, 30)
     kept = len(knowledge.split()) - info["knowledge_words_dropped"]
     assert info["demos_dropped"] == 4 and 0 < kept < len(knowledge.split()) and info["fits"]

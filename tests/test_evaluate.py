@@ -6,12 +6,12 @@ import json
 import pytest
 import torch
 
-from nesylib import prompts
+from nesylib.methods import prompts
 from nesylib.errors import ConfigError, DataError
-from nesylib.evaluate import (BBH_MAX_NEW_TOKENS, GSM8K_MAX_NEW_TOKENS, TASK_SPECS, TaskSpec, cap_from_targets,
-                              evaluate, get_task_spec, merge_lora)
-from nesylib.generate import generate_batch
-from nesylib.stopping import GenOutput
+from nesylib.evaluation.evaluate import (BBH_MAX_NEW_TOKENS, GSM8K_MAX_NEW_TOKENS, TASK_SPECS, TaskSpec,
+                                         cap_from_targets, evaluate, get_task_spec, merge_lora)
+from nesylib.generation.generate import generate_batch
+from nesylib.generation.stopping import GenOutput
 
 LOG_KEYS = {"uid", "dataset", "task", "method", "prompt", "output", "scored_output", "answer", "gold", "correct",
             "correct_strict", "has_answer", "well_formed", "prompt_tokens", "generated_tokens", "stopped_by",
@@ -36,7 +36,7 @@ def tiny(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def records(data_dir):
-    from nesylib.data import load_bbh, load_gsm8k, subsample
+    from nesylib.data.benchmarks import load_bbh, load_gsm8k, subsample
 
     bbh = subsample(load_bbh("test", tasks=["navigate", "date_understanding", "web_of_lies"]), per_task=1)
     return bbh + load_gsm8k("test")[:2]
@@ -56,7 +56,7 @@ class FakeEngine:
 
 def _fake(monkeypatch, *texts):
     eng = FakeEngine(list(texts))
-    monkeypatch.setattr("nesylib.engines.get_engine", lambda name: eng)
+    monkeypatch.setattr("nesylib.generation.engines.get_engine", lambda name: eng)
     return eng
 
 
@@ -67,7 +67,7 @@ def test_sample_log_and_summary(tiny, records, tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert lines == json.loads(json.dumps(res.rows)) and len(lines) == len(records)
     direct = generate_batch(model, tok, [prompts.std(r) for r in records], max_new_tokens=12, progress=False)
-    from nesylib.extract import extract_answer, is_correct, is_correct_strict, is_well_formed
+    from nesylib.evaluation.extract import extract_answer, is_correct, is_correct_strict, is_well_formed
 
     for row, rec, out in zip(lines, records, direct):
         assert LOG_KEYS <= set(row)
@@ -88,7 +88,7 @@ def test_sample_log_and_summary(tiny, records, tmp_path):
     s = res.summary
     assert sum(s["stopped_by"].values()) == len(records)
     assert s["tokens"]["generated"] == sum(r["generated_tokens"] for r in res.rows)
-    from nesylib.flops import linear_params
+    from nesylib.evaluation.flops import linear_params
 
     n_lin = linear_params(model)
     bbh_prompt_tokens = sum(r["prompt_tokens"] for r in res.rows if r["dataset"] == "bbh")
@@ -140,7 +140,7 @@ def test_cascod_two_stage(tiny, records, tmp_path):
         assert row["prompt_tokens"] == ntok
         assert len(row["generated_tokens"]) == 2 and row["generated_tokens"][0] == first.generated_tokens
         assert row["scored_output"] == f"{prompts.ANSWER_MARKER} {row['output'].lstrip()}"
-    from nesylib.flops import linear_params
+    from nesylib.evaluation.flops import linear_params
 
     both = sum(sum(r["prompt_tokens"]) for r in res.rows if r["dataset"] == "gsm8k")
     assert res.summary["flops"]["gsm8k"]["prefill_tmacs"] == pytest.approx(linear_params(model) * both / 1e12)
@@ -173,7 +173,7 @@ def test_cap_table_matches_the_teacher_targets(tiny_model_dir, data_dir):
     """BBH/GSM8K caps = max(320, 1.3 x the longest filtered rationale + EOS), SmolLM2 tokens."""
     from transformers import AutoTokenizer
 
-    from nesylib.data import load_bbh, load_gsm8k
+    from nesylib.data.benchmarks import load_bbh, load_gsm8k
     from nesylib.teacher.cot import replay_rationales
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)  # SmolLM2's tokenizer
@@ -255,7 +255,7 @@ def test_evaluate_merges_and_restores_the_adapter(tiny_model_dir, records):
 def test_a_student_evaluation_shows_its_progress(tiny_model_dir, records, tmp_path, capsys):
     """Evaluating a student draws a text progress bar of the sequences generated (it ran silently before);
     ``progress=False`` keeps it quiet."""
-    from nesylib import students
+    from nesylib.methods import students
 
     few = {"bbh": records[:2]}
     students.evaluate_student("std", str(tiny_model_dir), None, few, tmp_path / "a", max_new_tokens=4)

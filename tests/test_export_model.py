@@ -14,11 +14,11 @@ from safetensors import safe_open
 
 from nesylib.cli import main
 from nesylib.errors import ConfigError
-from nesylib.generate import generate_batch
-from nesylib.prompts import Example
-from nesylib.students import student_dir, train_config
-from nesylib.train import (REPORT_TO_PACKAGES, Stage, TrainConfig, fingerprint, _training_args, check_report_to,
-                           load_student, train_lora)
+from nesylib.generation.generate import generate_batch
+from nesylib.methods.prompts import Example
+from nesylib.methods.students import student_dir, train_config
+from nesylib.training.engine import (REPORT_TO_PACKAGES, Stage, TrainConfig, fingerprint, _training_args,
+                                     check_report_to, load_student, train_lora)
 
 PROMPTS = ["Question 3: what is 3 plus 3?\nAnswer: ", "Question 11: what is 11 plus 11?\nAnswer: ",
            "Q: Is the sky green?\nA: ", "Hello"]
@@ -181,7 +181,7 @@ def test_report_to_leaves_fingerprint_and_student_folder_unchanged():
     assert default == "5846379e308f2cc6"
     folder = student_dir("/r", "std", _std(4), TrainConfig(report_to="tensorboard"), "base-model")
     assert folder == student_dir("/r", "std", _std(4), TrainConfig(), "base-model")
-    assert folder.name == "std-8ad811986091943f"
+    assert folder.name == "std-5389bc66b7b4040b"  # the examples keyed as JSON (they were repr() before)
     assert fingerprint("base-model", stages, TrainConfig(lr=1e-3), None) != default  # weights settings still count
 
 

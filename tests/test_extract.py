@@ -4,8 +4,8 @@ from collections import Counter
 
 import pytest
 
-from nesylib.data import BBH_TASKS, _bbh_examples, load_codex_rationales, load_gsm8k
-from nesylib.extract import (
+from nesylib.data.benchmarks import BBH_TASKS, _bbh_examples, load_codex_rationales, load_gsm8k
+from nesylib.evaluation.extract import (
     ANSWER_MARKER, FALLBACK, extract_answer, find_answer, has_answer, is_correct, is_correct_strict,
     is_well_formed, last_number, preprocess_gold, strict_answer,
 )

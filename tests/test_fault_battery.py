@@ -229,7 +229,7 @@ def test_notebook_04_stops_when_the_knowledge_writer_never_gives_usable_knowledg
 # --------------------------------------------------------------------------- run-root lock
 _HOLDER = """
 import sys
-from nesylib import runner, runs
+from nesylib.pipeline import runner, runs
 with runner.lock_run_root(sys.argv[1], sys.argv[2:] or None):
     print("held", flush=True)
     sys.stdin.readline()
@@ -265,7 +265,7 @@ LOCK_CASES = [
 
 @pytest.mark.parametrize("held, second, refused, lock_name", LOCK_CASES)
 def test_run_root_lock(held, second, refused, lock_name, tmp_path):
-    from nesylib import runner
+    from nesylib.pipeline import runner
 
     root = tmp_path / "root"
     with _Holder(root, held) as holder:
@@ -286,7 +286,7 @@ def test_run_root_lock(held, second, refused, lock_name, tmp_path):
 
 _SLOW_NB = """from pathlib import Path
 import time
-from nesylib import runner, runs
+from nesylib.pipeline import runner, runs
 ctx = runs.start("00_slow", dict(preset=preset, run_root=run_root, seed=seed))
 # signals beside the run folder: the notebook's own folder is a staging folder until it succeeds
 (ctx.dir.parent / "00_slow.started").write_text("x")
@@ -298,14 +298,14 @@ ctx.save_results({"seed": seed})"""
 _RUNNER = """
 import sys
 from pathlib import Path
-from nesylib import runner, runs
+from nesylib.pipeline import runner, runs
 runner.run_preset(sys.argv[1], run_root=sys.argv[2], notebooks_dir=Path(sys.argv[3]), kernel="python3")
 """
 
 
 def test_two_runs_of_one_notebook_on_one_run_root_do_not_run_together(tmp_path):
     """The collision of issue 17 (two runs of one notebook on one run root), end to end."""
-    from nesylib import runner, runs
+    from nesylib.pipeline import runner, runs
 
     nbs = tmp_path / "nbs"
     write_notebook(nbs / "00_slow.ipynb", RUN_PARAMS, _SLOW_NB)
@@ -408,7 +408,7 @@ def test_store_export_and_rationale_save_from_two_threads(tmp_path):
 # --------------------------------------------------------------------------- file modes
 def _writers(tmp_path):
     from nesylib import files
-    from nesylib.kb import KnowledgeBase
+    from nesylib.knowledge.kb import KnowledgeBase
     from nesylib.teacher.cot import RationaleSet
 
     store = CallStore(tmp_path / "store.jsonl")
@@ -472,14 +472,14 @@ CKPT_CASES = [
 
 @pytest.mark.parametrize("name, drop, torn, expected", CKPT_CASES, ids=[c[0] for c in CKPT_CASES])
 def test_resume_picks_the_newest_complete_checkpoint(name, drop, torn, expected, tmp_path, caplog):
-    from nesylib.checkpoints import prepare_out_dir
+    from nesylib.training.checkpoints import prepare_out_dir
 
     out = tmp_path / "run"
     out.mkdir()
     (out / "run.json").write_text(json.dumps({"fingerprint": "fp"}))
     _fake_checkpoint(out, 2)
     _fake_checkpoint(out, 4, drop, torn)
-    with caplog.at_level(logging.WARNING, logger="nesylib.train"):
+    with caplog.at_level(logging.WARNING, logger="nesylib.training.engine"):
         cached, last = prepare_out_dir(out, "fp", True, {})
     assert cached is None and last is not None and last.name == expected
     assert expected in caplog.text
@@ -489,7 +489,7 @@ def test_resume_picks_the_newest_complete_checkpoint(name, drop, torn, expected,
 
 
 def test_only_incomplete_checkpoints_start_afresh(tmp_path):
-    from nesylib.checkpoints import prepare_out_dir
+    from nesylib.training.checkpoints import prepare_out_dir
 
     out = tmp_path / "run"
     out.mkdir()
@@ -504,8 +504,8 @@ def test_training_resumes_past_a_half_written_checkpoint(tiny_model_dir, tmp_pat
 
     from transformers import TrainerCallback
 
-    from nesylib.prompts import Example
-    from nesylib.train import TrainConfig, train_lora
+    from nesylib.methods.prompts import Example
+    from nesylib.training.engine import TrainConfig, train_lora
 
     class Kill(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):

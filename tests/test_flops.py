@@ -3,7 +3,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from nesylib.flops import (
+from nesylib.evaluation.flops import (
     attention_flops, count_flops_torch, flop_counter, flops_for_items, inference_flops, linear_params, model_dims,
     prefill_flops, prefill_macs,
 )

@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from nesylib import prompts
-from nesylib.data import load_bbh
+from nesylib.methods import prompts
+from nesylib.data.benchmarks import load_bbh
 from nesylib.errors import ConfigError, DataError
-from nesylib.formats import TRAIN_METHODS, examples_for
+from nesylib.methods.formats import TRAIN_METHODS, examples_for
 
 def _codex_records(task: str, n: int) -> list[dict]:
     """Train records with their replayed Codex CoT (D2 rewrite, correct ones only)."""
@@ -102,8 +102,8 @@ def test_bad_input_is_named(records, knowledge):
 @pytest.mark.parametrize("method", TRAIN_METHODS)
 def test_each_format_trains(method, records, knowledge, tiny_model_dir, tmp_path):
     """trl's pattern: a few real steps per format; loss finite and every trainable tensor moved."""
-    from nesylib.backends import _load_trainable
-    from nesylib.train import TrainConfig, train_lora
+    from nesylib.training.backends import _load_trainable
+    from nesylib.training.engine import TrainConfig, train_lora
 
     cfg = TrainConfig(lora_r=4, lora_alpha=8, max_steps=3, per_device_batch=2, grad_accum=1, warmup_ratio=0.0,
                       lr=1e-2, cutoff_len=256, logging_steps=1, save_steps=100)

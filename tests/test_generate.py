@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from nesylib.errors import ConfigError
-from nesylib.engines import get_engine
-from nesylib.decode import PREFILL_SLACK, _sdpa_gqa_forward
-from nesylib.generate import Sampling, generate_batch
-from nesylib.stopping import AUTHORS_STOP_STRINGS, DEFAULT_STOP_STRINGS, RepetitionRule, apply_stop_rules, eos_token_ids
+from nesylib.generation.engines import get_engine
+from nesylib.generation.decode import PREFILL_SLACK, _sdpa_gqa_forward
+from nesylib.generation.generate import Sampling, generate_batch
+from nesylib.generation.stopping import (AUTHORS_STOP_STRINGS, DEFAULT_STOP_STRINGS, RepetitionRule, apply_stop_rules,
+                                         eos_token_ids)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -52,8 +53,8 @@ def scrambled(tiny_model_dir):
 
 def _prompts():
     """Real BBH test prompts (Std-CoT) of mixed lengths plus very short ones."""
-    from nesylib import prompts
-    from nesylib.data import load_bbh, subsample
+    from nesylib.methods import prompts
+    from nesylib.data.benchmarks import load_bbh, subsample
 
     recs = subsample(load_bbh("test"), per_task=1, seed=3)[:7]
     ps = [prompts.std(r) for r in recs]
@@ -129,7 +130,7 @@ def test_per_prompt_caps(scrambled, data_dir):
 
 
 def test_add_bos_matches_training_layout(scrambled, data_dir):
-    """add_bos=True (D11 flag) decodes from [BOS] + prompt ids, as nesylib.sft_data trains."""
+    """add_bos=True (D11 flag) decodes from [BOS] + prompt ids, as nesylib.training.sft_data trains."""
     model, tok = scrambled
     ps = _prompts()[:3]
     got = generate_batch(model, tok, ps, max_new_tokens=12, add_bos=True, stop_strings=(), stop_on_repetition=False,
@@ -285,8 +286,8 @@ def test_engines():
 
 def test_smollm2_batched_equals_unbatched(smollm2_dir, data_dir):
     """The real student on 4 real BBH prompts: identical greedy outputs, stop rules included."""
-    from nesylib import prompts
-    from nesylib.data import load_bbh, subsample
+    from nesylib.methods import prompts
+    from nesylib.data.benchmarks import load_bbh, subsample
 
     model, tok = _load(smollm2_dir)
     # the four shortest Std-CoT prompts of one item per task keep the prefill (and the test) short

@@ -104,7 +104,7 @@ def test_the_notebooks_use_what_the_package_has():
     for src in sorted((PKG.parent / "notebooks").glob("[0-9][0-9]_*.py")):
         missing += _missing_nesylib_names(src.read_text(), src.name)
     assert not missing, missing
-    assert _missing_nesylib_names("from nesylib import runs\nruns.write_json\nruns.no_such_helper\n", "x.py") \
-        == ["x.py:3: nesylib.runs.no_such_helper"]
-    assert _missing_nesylib_names("from nesylib.train import no_such_name\n", "y.py") == \
-        ["y.py:1: nesylib.train.no_such_name"]
+    assert _missing_nesylib_names("from nesylib.pipeline import runs\nruns.write_json\nruns.no_such_helper\n", "x.py") \
+        == ["x.py:3: nesylib.pipeline.runs.no_such_helper"]
+    assert _missing_nesylib_names("from nesylib.training.engine import no_such_name\n", "y.py") == \
+        ["y.py:1: nesylib.training.engine.no_such_name"]

@@ -5,13 +5,13 @@ import re
 import pytest
 import torch
 
-from nesylib import prompts
-from nesylib.data import load_bbh, subsample
+from nesylib.methods import prompts
+from nesylib.data.benchmarks import load_bbh, subsample
 from nesylib.errors import ConfigError, DataError
-from nesylib.kb import (DEGENERATE_MARKERS, ENTRY_FIELDS, KB_PROMPT_VERSION, QUESTION_HEADER, RESPONSE_HEADER,
-                        KnowledgeBase, build_kb, confidence_gate, confidence_margin, error_analysis_prompt,
-                        question_slot, response_slot)
-from nesylib.knowledge_text import LS_HEADER, SK_HEADER, parse
+from nesylib.knowledge.kb import (DEGENERATE_MARKERS, ENTRY_FIELDS, KB_PROMPT_VERSION, QUESTION_HEADER, RESPONSE_HEADER,
+                                  KnowledgeBase, build_kb, confidence_gate, confidence_margin, error_analysis_prompt,
+                                  question_slot, response_slot)
+from nesylib.knowledge.text import LS_HEADER, SK_HEADER, parse
 from nesylib.teacher.base import TeacherReply
 
 VALID = ("Learning Summary:\n1. Read every option before deciding.\n2. Check each step.\n\n"

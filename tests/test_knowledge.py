@@ -1,12 +1,12 @@
 """SKIntern knowledge generation (§4.2, D15): prompt structure, reply parsing, retries and failures."""
 import pytest
 
-from nesylib.data import load_bbh, load_gsm8k
+from nesylib.data.benchmarks import load_bbh, load_gsm8k
 from nesylib.errors import ConfigError
-from nesylib.knowledge import (CONCISION, DEMOS, INSTRUCTION, KNOWLEDGE_PROMPT_VERSION, ROLE, fewshot_block,
-                               generate_knowledge, knowledge_prompt, knowledge_requests)
-from nesylib.knowledge_text import canonical
-from nesylib.prompts import prefix_prompt
+from nesylib.knowledge.writer import (CONCISION, DEMOS, INSTRUCTION, KNOWLEDGE_PROMPT_VERSION, ROLE, fewshot_block,
+                                      generate_knowledge, knowledge_prompt, knowledge_requests)
+from nesylib.knowledge.text import canonical
+from nesylib.methods.prompts import prefix_prompt
 from nesylib.teacher.base import Teacher, TeacherReply
 
 GOOD = ("Learning Summary:\n1. Follow each step.\n2. Check the result.\n\n"
@@ -125,7 +125,7 @@ FAILS = [{"uid": "bbh/navigate/1", "attempts": 3, "reasons": ["empty reply", "no
 ])
 def test_require_knowledge_stops_below_the_threshold_naming_teacher_counts_and_fix(items, with_knowledge, failures,
                                                                                    threshold, raises):
-    from nesylib.knowledge import NotEnoughKnowledge, require_knowledge
+    from nesylib.knowledge.writer import NotEnoughKnowledge, require_knowledge
 
     n_failures = failures if isinstance(failures, int) else len(failures)
     args = (items, with_knowledge, failures, "openai:fake-tutor", threshold, "NesyCD KB (02)")
@@ -148,7 +148,7 @@ def test_require_knowledge_stops_below_the_threshold_naming_teacher_counts_and_f
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5, "half", True])
 def test_require_knowledge_rejects_a_bad_threshold(bad):
-    from nesylib.knowledge import require_knowledge
+    from nesylib.knowledge.writer import require_knowledge
 
     with pytest.raises(ConfigError, match="min_knowledge_share"):
         require_knowledge(4, 4, [], "t", bad)
@@ -161,7 +161,7 @@ def test_require_knowledge_rejects_a_bad_threshold(bad):
     (0, 0, 0, ["kb.jsonl", "no errors", "02_kb_construction"]),
 ])
 def test_an_empty_kb_is_refused_naming_the_file_and_why(entries, errors, failures, words, tmp_path):
-    from nesylib.knowledge import NotEnoughKnowledge, require_kb_entries
+    from nesylib.knowledge.writer import NotEnoughKnowledge, require_kb_entries
 
     with pytest.raises(NotEnoughKnowledge) as err:
         require_kb_entries(entries, tmp_path / "kb.jsonl", errors, failures, "openai:x")

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nesylib.experiment import KardKnowledge, passage_text
-from nesylib.kb import KnowledgeBase, build_kb
-from nesylib.knowledge import generate_knowledge
+from nesylib.pipeline.experiment import KardKnowledge, passage_text
+from nesylib.knowledge.kb import KnowledgeBase, build_kb
+from nesylib.knowledge.writer import generate_knowledge
 from nesylib.synth import SynthConfig, SynthTeacher, generate_benchmark, generate_world, rationale_records
 from nesylib.synth import experiment as sx
 

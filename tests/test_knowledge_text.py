@@ -1,13 +1,14 @@
-"""The two-section knowledge text (nesylib.knowledge_text): render, parse, the usability rule, canonical
+"""The two-section knowledge text (nesylib.knowledge.text): render, parse, the usability rule, canonical
 form; and that the KB, the knowledge writer and both programmatic teachers all go through it."""
 import pytest
 
-from nesylib import data, prompts
+from nesylib.data import benchmarks
+from nesylib.methods import prompts
 from nesylib.errors import DataError
-from nesylib.experiment import passage_text
-from nesylib.kb import build_kb
-from nesylib.knowledge import generate_knowledge
-from nesylib.knowledge_text import LS_HEADER, SK_HEADER, canonical, is_usable, numbered, parse, problem, render
+from nesylib.pipeline.experiment import passage_text
+from nesylib.knowledge.kb import build_kb
+from nesylib.knowledge.writer import generate_knowledge
+from nesylib.knowledge.text import LS_HEADER, SK_HEADER, canonical, is_usable, numbered, parse, problem, render
 from nesylib.teacher.base import TeacherReply, TeacherRequest
 
 GOOD = ("Learning Summary:\n1. Follow each step.\n2. Check the result.\n\n"
@@ -85,7 +86,7 @@ def test_repeated_headers_belong_to_the_sections_they_fall_in():
     (None, "empty reply"), ("", "empty reply"), ("  \n ", "empty reply"),
     ("1. Follow each step.\n\nSupplementary Knowledge:\n1. A fact.", f"no '{LS_HEADER}' header"),
     ("Learning Summary:\n1. Follow each step.", f"no '{SK_HEADER}' header after '{LS_HEADER}'"),
-    # the summary comes first (kb.py used to accept either order, knowledge.py did not)
+    # the summary comes first (kb.py used to accept either order, the knowledge writer did not)
     ("Supplementary Knowledge:\n1. A fact.\nLearning Summary:\n1. Step.", f"no '{SK_HEADER}' header after"),
     ("Learning Summary:\n\nSupplementary Knowledge:\n1. A fact.", f"empty '{LS_HEADER}' section"),
     ("Learning Summary:\n1. Step.\nSupplementary Knowledge:\n  ", f"empty '{SK_HEADER}' section"),
@@ -131,8 +132,8 @@ def test_derived_teacher_texts_parse_into_the_sections_they_rendered(data_dir, m
     from nesylib.teacher.cot import replay_rationales
 
     spy = _Spy(monkeypatch, derived)
-    train = data.subsample(data.load_bbh("train", ["date_understanding", "navigate", "word_sorting"]), 4, 0)
-    rs = replay_rationales(train + data.load_gsm8k("train")[:3])
+    train = benchmarks.subsample(benchmarks.load_bbh("train", ["date_understanding", "navigate", "word_sorting"]), 4, 0)
+    rs = replay_rationales(train + benchmarks.load_gsm8k("train")[:3])
     t = derived.DerivedKnowledgeTeacher({r["uid"]: r["rationale"] for r in rs.records})
     reqs = [TeacherRequest("", kind="knowledge", record=r) for r in rs.records] + [
         TeacherRequest("", kind="error_analysis", record=r, extra={"student_output": out})
@@ -162,7 +163,7 @@ def test_synthetic_teacher_texts_parse_into_the_sections_they_rendered(monkeypat
 # ------------------------------------------------------------ the KB and the knowledge writer agree
 REPLIES = [
     GOOD, "Okay.\n**Summary of Learning:**\n1. a\n\n## supplementary knowledge\n1. b",
-    "- Learning Summary:\n1. a\n- Supplementary Knowledge:\n1. b",  # knowledge.py used to refuse the bullets
+    "- Learning Summary:\n1. a\n- Supplementary Knowledge:\n1. b",  # the knowledge writer used to refuse the bullets
     "Supplementary Knowledge:\n1. b\nLearning Summary:\n1. a",  # kb.py used to accept this order
     "Learning Summary:\n1. a", "Learning Summary:\n\nSupplementary Knowledge:\n1. b", "no sections here", "",
 ]
@@ -180,7 +181,7 @@ class _OneReply:
 
 
 def test_kb_and_knowledge_writer_accept_the_same_texts_and_read_them_alike(data_dir):
-    recs = data.subsample(data.load_bbh("train"), 1, 5)[:len(REPLIES)]
+    recs = benchmarks.subsample(benchmarks.load_bbh("train"), 1, 5)[:len(REPLIES)]
     uids = [r["uid"] for r in recs]
     errors = [{"uid": r["uid"], "record": r, "question": prompts.std(r), "stu_response": "Therefore, the answer is (A)."}
               for r in recs]

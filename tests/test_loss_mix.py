@@ -10,9 +10,9 @@ import torch
 from transformers import AutoTokenizer
 
 from nesylib.errors import ConfigError
-from nesylib.formats import examples_for
-from nesylib.loss import group_weighted_ce, target_token_norms
-from nesylib.train import TrainConfig, Stage, _build_stream
+from nesylib.methods.formats import examples_for
+from nesylib.training.loss import group_weighted_ce, target_token_norms
+from nesylib.training.engine import TrainConfig, Stage, _build_stream
 
 
 def _records(n):
@@ -117,8 +117,8 @@ def test_accumulated_micro_batches_group_lengths_inside_mixed_steps(tok):
 def test_se_step_budget_std_trains_the_std_cot_steps_on_a_format_balanced_sample(tmp_path, tiny_model_dir, tok):
     """``se_step_budget="std"`` gives S_E the Std-CoT student's steps (SKIntern's budget rule), drawing
     its batches from all three formats in their shares; "own" is an epoch of the whole set."""
-    from nesylib import methods as mth
-    from nesylib.train import steps_for
+    from nesylib.methods import catalog as mth
+    from nesylib.training.engine import steps_for
 
     cfg = TrainConfig(epochs=1, per_device_batch=2, grad_accum=2, lora_r=4, lora_alpha=8, cutoff_len=256,
                       save_steps=50, logging_steps=1, group_by_length=True)

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from nesylib.data import _bbh_examples, load_bbh, load_codex_rationales
-from nesylib.extract import ANSWER_MARKER, is_correct
-from nesylib.metrics import (
+from nesylib.data.benchmarks import _bbh_examples, load_bbh, load_codex_rationales
+from nesylib.evaluation.extract import ANSWER_MARKER, is_correct
+from nesylib.evaluation.metrics import (
     accuracy_table, bootstrap_ci, chance_and_majority, paired_bootstrap_diff, summarize,
 )
 

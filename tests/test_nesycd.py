@@ -4,13 +4,13 @@ import json
 import pytest
 import torch
 
-from nesylib import nesycd
-from nesylib import prompts
-from nesylib.data import load_bbh, load_gsm8k, subsample
+from nesylib.methods import nesycd
+from nesylib.methods import prompts
+from nesylib.data.benchmarks import load_bbh, load_gsm8k, subsample
 from nesylib.errors import ConfigError
-from nesylib.stopping import GenOutput
-from nesylib.kb import KnowledgeBase, build_kb
-from nesylib.nesycd import collect_demonstrations, kb_prompts, se_training_examples, strip_student_output
+from nesylib.generation.stopping import GenOutput
+from nesylib.knowledge.kb import KnowledgeBase, build_kb
+from nesylib.methods.nesycd import collect_demonstrations, kb_prompts, se_training_examples, strip_student_output
 from nesylib.teacher.base import TeacherReply
 
 

@@ -9,12 +9,12 @@ import json
 import pytest
 
 from helpers import notebook_runner
-from nesylib import nesycd, prompts, students
-from nesylib.data import load_bbh, load_gsm8k, subsample
-from nesylib.formats import examples_for
-from nesylib.kb import KnowledgeBase, build_kb
+from nesylib.methods import nesycd, prompts, students
+from nesylib.data.benchmarks import load_bbh, load_gsm8k, subsample
+from nesylib.methods.formats import examples_for
+from nesylib.knowledge.kb import KnowledgeBase, build_kb
 from nesylib.teacher.cot import replay_rationales
-from nesylib.train import TrainConfig
+from nesylib.training.engine import TrainConfig
 
 CFG = TrainConfig(lora_r=4, lora_alpha=8, max_steps=2, per_device_batch=2, grad_accum=1, cutoff_len=384,
                   save_steps=50, logging_steps=1)
@@ -136,7 +136,7 @@ def test_kb_notebook_with_an_api_tutor(tmp_path, monkeypatch, tiny_model_dir):
     """02 against a local OpenAI-compatible server with faults: invalid analyses are retried and then
     recorded as failures, valid ones become entries, and the key is never written anywhere."""
     from fake_openai_server import FakeOpenAIServer
-    from nesylib.kb import KB_PROMPT_VERSION, QUESTION_HEADER
+    from nesylib.knowledge.kb import KB_PROMPT_VERSION, QUESTION_HEADER
 
     key = "sk-test-" + "k3" * 16
     monkeypatch.setenv("NESYLIB_TUTOR_KEY", key)

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nesylib import report, runner, runs
+from nesylib import report
+from nesylib.pipeline import runner, runs
 from nesylib.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +70,7 @@ def test_teacher_notebook_with_an_api_teacher_never_writes_the_key(tmp_path, mon
         assert s.total_paid == 4 * 2  # 4 questions x 2 samples, each paid once despite the faults
     res = json.loads((tmp_path / "01_teacher_distillation" / "results.json").read_text())
     assert res["items"] == 4 and res["calls"]["succeeded"] == 8
-    from nesylib.experiment import select_train
+    from nesylib.pipeline.experiment import select_train
 
     golds = [r["answer"] for r in select_train(["navigate"], 4, 0, 42)]
     assert res["accepted"] == golds.count("No")  # the server always answers "No": only those are right
@@ -182,8 +183,8 @@ def test_the_sources_read_as_jupytext_reads_them(tmp_path):
 
 
 def test_a_parameters_cell_edited_by_hand_fails_check_and_is_rewritten_from_the_model(tmp_path, capsys):
-    """The parameters cells are written from nesylib/param_model.py: a hand edit in the .py source (even with the
-    .ipynb rebuilt from it) fails --check, and nbtool writes the model's cell back."""
+    """The parameters cells are written from nesylib/pipeline/param_model.py: a hand edit in the .py source (even
+    with the .ipynb rebuilt from it) fails --check, and nbtool writes the model's cell back."""
     import sys
 
     sys.path.insert(0, str(ROOT / "scripts"))
@@ -193,7 +194,8 @@ def test_a_parameters_cell_edited_by_hand_fails_check_and_is_rewritten_from_the_
     edited.write_text((ROOT / "notebooks/05_baselines.py").read_text().replace("kard_k: int = 3", "kard_k: int = 5"))
     nbtool.build(edited, tmp_path)
     assert nbtool.main(["--check", str(edited)]) == 1
-    assert "05_baselines.py (its parameters cell differs from nesylib/param_model.py)" in capsys.readouterr().err
+    assert ("05_baselines.py (its parameters cell differs from nesylib/pipeline/param_model.py)"
+            in capsys.readouterr().err)
     assert nbtool.with_model_parameters(edited) == (ROOT / "notebooks/05_baselines.py").read_text()
 
 

@@ -1,5 +1,5 @@
-"""A dataset of one's own, defined by configuration (nesylib/custom_data.py; its rows read by
-nesylib/custom_records.py): loading and field mapping from JSONL, CSV and Parquet, each answer type's scoring,
+"""A dataset of one's own, defined by configuration (nesylib/data/custom_data.py; its rows read by
+nesylib/data/custom_records.py): loading and field mapping from JSONL, CSV and Parquet, each answer type's scoring,
 errors that name file, line and field, selection by name where the built-in sets are selected,
 `nesylib teach --datasets`, and notebook 00_data on the smoke preset."""
 from __future__ import annotations
@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from nesylib import custom_data, custom_records, data, experiment, extract, runner, runs
+from nesylib.data import benchmarks, custom_data, custom_records
+from nesylib.evaluation import extract
+from nesylib.pipeline import experiment, runner, runs
 from nesylib.errors import ConfigError, DataError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,8 +46,8 @@ def _entry(path: Path, **kw) -> dict:
 def test_jsonl_fields_are_mapped_and_split_like_bbh(tmp_path):
     custom_data.register("sums", _entry(_jsonl(tmp_path / "sums.jsonl", ROWS), train_fraction=0.7,
                                         task_description="Add two numbers."))
-    train = data.load_dataset_records("sums", "train")
-    test = data.load_dataset_records("sums", "test")
+    train = benchmarks.load_dataset_records("sums", "train")
+    test = benchmarks.load_dataset_records("sums", "test")
     assert (len(train), len(test)) == (7, 3)
     assert {r["uid"] for r in train}.isdisjoint(r["uid"] for r in test)
     rec = next(r for r in train + test if r["uid"] == "sums/sums/k5")
@@ -58,8 +60,8 @@ def test_jsonl_fields_are_mapped_and_split_like_bbh(tmp_path):
     order = list(range(10))
     random.Random("42-sums").shuffle(order)
     assert sorted(int(r["uid"][-1]) for r in train) == sorted(order[:7])
-    assert data.dataset_splits("sums") == ["train", "test"]
-    assert data.domain_sets()[0][-1] == "sums"  # it has train rows: in-domain by default
+    assert benchmarks.dataset_splits("sums") == ["train", "test"]
+    assert benchmarks.domain_sets()[0][-1] == "sums"  # it has train rows: in-domain by default
 
 
 def test_split_column_and_evaluation_only(tmp_path):
@@ -67,12 +69,12 @@ def test_split_column_and_evaluation_only(tmp_path):
     entry = _entry(_jsonl(tmp_path / "s.jsonl", rows))
     entry["fields"]["split"] = "part"
     custom_data.register("s", entry)
-    assert [r["uid"] for r in data.load_dataset_records("s", "test")] == ["s/s/k0", "s/s/k1", "s/s/k2"]
+    assert [r["uid"] for r in benchmarks.load_dataset_records("s", "test")] == ["s/s/k0", "s/s/k1", "s/s/k2"]
     custom_data.register("ev", _entry(tmp_path / "s.jsonl", train_fraction=0))
-    assert data.dataset_splits("ev") == ["test"]
-    assert "ev" in data.domain_sets()[1]  # evaluation only: out-of-domain by default
+    assert benchmarks.dataset_splits("ev") == ["test"]
+    assert "ev" in benchmarks.domain_sets()[1]  # evaluation only: out-of-domain by default
     with pytest.raises(DataError, match="'ev' has no train rows"):
-        data.load_dataset_records("ev", "train")
+        benchmarks.load_dataset_records("ev", "train")
 
 
 def test_csv_and_parquet_give_the_jsonl_records(tmp_path):
@@ -89,7 +91,7 @@ def test_csv_and_parquet_give_the_jsonl_records(tmp_path):
     for ext in ("jsonl", "csv"):
         custom_data.register(f"mc_{ext}", {"path": str(tmp_path / f"mc.{ext}"), "answer_type": "choice",
                                            "fields": fields, "train_fraction": 0})
-    recs = {ext: data.load_dataset_records(f"mc_{ext}", "test") for ext in ("jsonl", "csv")}
+    recs = {ext: benchmarks.load_dataset_records(f"mc_{ext}", "test") for ext in ("jsonl", "csv")}
     strip = [{k: v for k, v in r.items() if k not in ("uid", "dataset", "task", "meta")} for r in recs["jsonl"]]
     assert strip == [{k: v for k, v in r.items() if k not in ("uid", "dataset", "task", "meta")}
                      for r in recs["csv"]]
@@ -103,7 +105,7 @@ def test_csv_and_parquet_give_the_jsonl_records(tmp_path):
     pq.write_table(pa.Table.from_pylist([{**r, "ans": i} for i, r in enumerate(rows)]), tmp_path / "mc.parquet")
     custom_data.register("mc_pq", {"path": str(tmp_path / "mc.parquet"), "answer_type": "choice",
                                    "fields": fields, "train_fraction": 0})
-    got = data.load_dataset_records("mc_pq", "test")
+    got = benchmarks.load_dataset_records("mc_pq", "test")
     assert [r["answer"] for r in got] == ["(A)", "(B)", "(C)"]  # an integer gold is a 0-based index
     assert [r["question"] for r in got] == [r["question"] for r in recs["jsonl"]]
     assert got[1]["meta"] == {"source": "mc.parquet: row 1"}
@@ -133,7 +135,7 @@ def test_each_answer_type_has_its_extraction_rule(tmp_path, kind, gold, output, 
     if kind == "choice":
         entry["fields"] = {"options": "options"}
     custom_data.register("mine", entry)
-    rec = data.load_dataset_records("mine", "test")[0]
+    rec = benchmarks.load_dataset_records("mine", "test")[0]
     assert extract.is_correct(output, rec["answer"], "mine", rec["question"]) is lenient
     assert extract.is_correct_strict(output, rec["answer"], "mine", rec["question"]) is strict
     assert extract.has_answer(output, "mine")
@@ -154,7 +156,7 @@ def test_malformed_rows_name_file_line_and_field(tmp_path):
     bad = [ROWS[0], '{"key": "k1", "prompt_text": "Q", "gold": ', ROWS[2]]
     custom_data.register("broken", _entry(_jsonl(tmp_path / "broken.jsonl", bad)))
     with pytest.raises(DataError, match=r"broken\.jsonl:2: malformed JSON record"):
-        data.load_dataset_records("broken", "train")
+        benchmarks.load_dataset_records("broken", "train")
     cases = {  # rows -> what the error must say
         "missing": ([ROWS[0], {"key": "k1", "gold": 3}], r"missing\.jsonl:2: field 'prompt_text' \(the question\) "
                                                          r"is missing"),
@@ -167,16 +169,16 @@ def test_malformed_rows_name_file_line_and_field(tmp_path):
     for name, (rows, message) in cases.items():
         custom_data.register(name, _entry(_jsonl(tmp_path / f"{name}.jsonl", rows)))
         with pytest.raises(DataError, match=message):
-            data.load_dataset_records(name, "test")
+            benchmarks.load_dataset_records(name, "test")
     (tmp_path / "cells.csv").write_text("prompt_text,gold,key\nWhat is 1?,1,a\nWhat is 2?,2\n")
     custom_data.register("cells", _entry(tmp_path / "cells.csv"))
     with pytest.raises(DataError, match=r"cells\.csv:3: the row's number of cells differs from the header's 3"):
-        data.load_dataset_records("cells", "test")
+        benchmarks.load_dataset_records("cells", "test")
     choice = {"path": str(_jsonl(tmp_path / "c.jsonl", [{"question": "Q?", "options": "x | y", "answer": "z"}])),
               "answer_type": "choice", "fields": {"options": "options"}}
     custom_data.register("c", choice)
     with pytest.raises(DataError, match=r"c\.jsonl:1: field 'answer' \(the answer\) 'z' is neither an option letter"):
-        data.load_dataset_records("c", "all")
+        benchmarks.load_dataset_records("c", "all")
 
 
 def test_bad_entries_are_named(tmp_path):
@@ -199,7 +201,7 @@ def test_bad_entries_are_named(tmp_path):
         custom_data.parse_entry("a/b", {"path": path, "answer_type": "text"}, tmp_path, "preset.yaml")
     custom_data.register("navigate", {"path": path, "answer_type": "yesno"})  # a BBH task's name
     with pytest.raises(ConfigError, match=r"\['navigate'\] .* built-in set or task names"):
-        data.known_datasets()
+        benchmarks.known_datasets()
 
 
 def test_hugging_face_source_fails_clearly_offline_or_without_datasets(monkeypatch):
@@ -221,7 +223,7 @@ def test_selectable_where_the_built_in_sets_are(tmp_path):
     assert list(ev) == ["sums"] and len(ev["sums"]) == 1 and ev["sums"][0]["split"] == "test"
     train = experiment.select_train(train_per_task=3, datasets=["sums"])
     assert len(train) == 3 and {r["split"] for r in train} == {"train"}
-    assert "sums" in data.known_datasets()
+    assert "sums" in benchmarks.known_datasets()
     with pytest.raises(ConfigError, match=r"'eval_per_task' names unknown dataset\(s\) \['other'\]; allowed: .*'sums'"):
         experiment.select_eval({"other": 1})
     custom_data._LOCAL.clear()
@@ -230,19 +232,19 @@ def test_selectable_where_the_built_in_sets_are(tmp_path):
 
 
 def test_evaluation_scores_a_custom_set_by_its_answer_type(tmp_path, monkeypatch, tiny_model_dir):
-    from nesylib import prompts
-    from nesylib.evaluate import evaluate, get_task_spec
-    from nesylib.stopping import GenOutput
+    from nesylib.methods import prompts
+    from nesylib.evaluation.evaluate import evaluate, get_task_spec
+    from nesylib.generation.stopping import GenOutput
     from nesylib.models import load_model
 
     custom_data.register("sums", _entry(_jsonl(tmp_path / "sums.jsonl", ROWS), max_new_tokens=40, role="out_of_domain"))
-    recs = data.load_dataset_records("sums", "test")
+    recs = benchmarks.load_dataset_records("sums", "test")
     spec = get_task_spec("sums")
     assert spec.cap("sums") == 40 and spec.version.startswith("custom-")
     # right by value (the authors' text rule would compare "13 apples" with "13"), or wrong
     outs = [f"Adding. Therefore, the answer is {r['answer']} apples." if i % 2 == 0 else
             "Therefore, the answer is 0." for i, r in enumerate(recs)]
-    monkeypatch.setattr("nesylib.engines.get_engine", lambda name: lambda m, t, ps, max_new_tokens, **kw: [
+    monkeypatch.setattr("nesylib.generation.engines.get_engine", lambda name: lambda m, t, ps, max_new_tokens, **kw: [
         GenOutput(o, len(p), 5, "eos") for o, p in zip(outs, ps)])
     res = evaluate(*load_model(str(tiny_model_dir)), recs, prompts.std, progress=False, n_boot=10)
     assert [r["correct"] for r in res.rows] == [i % 2 == 0 for i in range(len(recs))]
@@ -274,7 +276,7 @@ def test_teach_accepts_a_dataset_file_with_a_live_teacher(tmp_path, monkeypatch,
                      str(out)])
     assert code == 0
     got = [json.loads(x) for x in out.read_text().splitlines()]
-    train = data.load_dataset_records("sums", "train")
+    train = benchmarks.load_dataset_records("sums", "train")
     assert sorted(r["uid"] for r in got) == sorted(r["uid"] for r in train if int(r["uid"][-1]) % 2 == 0)
     assert all(r["dataset"] == "sums" and r["rationale"].endswith(".") for r in got)
     assert main(["teach", "--datasets", str(tmp_path / "sums.jsonl"), "--out", str(out)]) == 2
@@ -294,8 +296,8 @@ def test_readme_example_matches_the_example_files():
     assert yml == (EXAMPLE / "my_qa.yaml").read_text()
     preset = runs.load_preset(str(EXAMPLE / "preset.yaml"))
     with custom_data.exported(preset["datasets"]):
-        assert len(data.load_dataset_records("my_qa", "train")) == 16
-        assert set(preset["common"]["eval_per_task"]) <= set(data.known_datasets())
+        assert len(benchmarks.load_dataset_records("my_qa", "train")) == 16
+        assert set(preset["common"]["eval_per_task"]) <= set(benchmarks.known_datasets())
 
 
 def test_data_notebook_accepts_the_dataset_on_the_smoke_preset(tmp_path, monkeypatch):
@@ -303,7 +305,7 @@ def test_data_notebook_accepts_the_dataset_on_the_smoke_preset(tmp_path, monkeyp
     import os
     import shutil
 
-    from nesylib.params import apply_overrides
+    from nesylib.pipeline.params import apply_overrides
 
     keyed = []  # what each cache key was computed from (the package's code hash aside)
     parts = runner._key_parts

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from nesylib import experiment, knowledge, runner, runs
-from nesylib.kb import QUESTION_HEADER, RESPONSE_HEADER
-from nesylib.params import apply_overrides, parse_override, run_with_overrides
+from nesylib.knowledge import writer
+from nesylib.pipeline import experiment, runner, runs
+from nesylib.knowledge.kb import QUESTION_HEADER, RESPONSE_HEADER
+from nesylib.pipeline.params import apply_overrides, parse_override, run_with_overrides
 from nesylib.teacher.cot import STEP_CUE
 
 KEY = "sk-test-paper-" + "w4" * 14
@@ -63,9 +64,9 @@ def role(body: dict) -> str:
     """Which notebook's LLM sent this request, from its prompt."""
     text = body["messages"][-1]["content"]
     if QUESTION_HEADER in text and RESPONSE_HEADER in text:
-        return "tutor"            # 02: the error-analysis prompt (nesylib.kb)
-    if text.startswith(knowledge.ROLE):
-        return "writer"           # 04: the knowledge prompt (nesylib.knowledge)
+        return "tutor"            # 02: the error-analysis prompt (nesylib.knowledge.kb)
+    if text.startswith(writer.ROLE):
+        return "writer"           # 04: the knowledge prompt (nesylib.knowledge.writer)
     if text.rstrip().endswith(STEP_CUE):
         return "teacher"          # 01: a CoT prompt (nesylib.teacher.cot)
     return "unknown"
@@ -227,7 +228,7 @@ def test_02_kb_holds_the_fake_tutors_analyses(paper_run):
     assert len(entries) == res["kb_entries"]
     for e in entries:
         assert e["teacher"] == "openai:gpt-3.5-turbo"
-        assert e["summary"] == TUTOR_REPLY  # verbatim: what the student sees (nesylib.kb)
+        assert e["summary"] == TUTOR_REPLY  # verbatim: what the student sees (nesylib.knowledge.kb)
         assert TUTOR_MARK in e["learning_summary"] and TUTOR_MARK in e["supplementary_knowledge"]
 
 

@@ -1,4 +1,4 @@
-"""One parameter model (nesylib/param_model.py) declares every notebook's parameters, composed from shared
+"""One parameter model (nesylib/pipeline/param_model.py) declares every notebook's parameters, composed from shared
 sections: the notebooks' papermill cells are written from it (typed, so ``papermill --help-notebook`` shows
 types), a notebook checks its values against it before any work, and a whole preset is checked against it
 before the runner starts anything, errors naming the file, the key and what was expected."""
@@ -12,7 +12,7 @@ import papermill as pm
 import pytest
 
 from helpers import write_notebook
-from nesylib import param_model, params, runner, runs
+from nesylib.pipeline import param_model, params, runner, runs
 from nesylib.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

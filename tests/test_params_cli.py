@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from helpers import RUN_PARAMS, write_notebook
-from nesylib import cli, params, runs
+from nesylib import cli
+from nesylib.pipeline import params, runs
 from nesylib.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,8 +108,8 @@ def test_a_bad_set_stops_the_cli_before_any_notebook_runs(tmp_path, capsys):
 
 
 def _notebook(path, stem):
-    body = (f"from nesylib import runs\nctx = runs.start({stem!r}, dict(preset=preset, run_root=run_root, seed=seed, "
-            f"lr=lr))\nctx.save_results({{'lr': lr}})")
+    body = (f"from nesylib.pipeline import runs\nctx = runs.start({stem!r}, dict(preset=preset, run_root=run_root, "
+            f"seed=seed, lr=lr))\nctx.save_results({{'lr': lr}})")
     write_notebook(path, RUN_PARAMS + "\nlr = 0.1  # step size", body)
 
 

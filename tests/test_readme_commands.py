@@ -176,7 +176,7 @@ def test_readme_command_runs(cmd, tmp_path, request):
 
 def _check_nesylib(argv: list[str]) -> None:
     """What the nesylib command would check before doing anything, without doing it."""
-    from nesylib import params, runner, runs
+    from nesylib.pipeline import params, runner, runs
     from nesylib.cli import build_parser
 
     try:
@@ -202,7 +202,7 @@ def _check_nesylib(argv: list[str]) -> None:
 
 def _check_papermill(argv: list[str]) -> None:
     """Its notebook exists, and each ``-y`` value names a declared parameter of the right type."""
-    from nesylib import params
+    from nesylib.pipeline import params
 
     nb = ROOT / argv[1]
     assert nb.is_file(), nb
@@ -222,7 +222,7 @@ def _check_papermill(argv: list[str]) -> None:
 
 @pytest.mark.parametrize("cmd", _of(CHECK), ids=_id)
 def test_readme_command_is_well_formed(cmd, monkeypatch):
-    from nesylib import custom_data
+    from nesylib.data import custom_data
 
     monkeypatch.setattr(custom_data, "_LOCAL", {})  # datasets an entry file defines stay in this test
     argv = _argv(cmd)

@@ -8,7 +8,7 @@ import pytest
 
 from nesylib import report
 from nesylib.errors import ConfigError, DataError
-from nesylib.runs import write_json
+from nesylib.pipeline.runs import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -5,11 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nesylib.data import load_bbh, subsample
+from nesylib.data.benchmarks import load_bbh, subsample
 from nesylib.errors import ConfigError
-from nesylib.porter import stem
-from nesylib.retrieval import (MINILM_WHEEL, BM25Retriever, DenseRetriever, analyze, embed, make_retriever,
-                               minilm_dir, truncate_query)
+from nesylib.knowledge.porter import stem
+from nesylib.knowledge.retrieval import (MINILM_WHEEL, BM25Retriever, DenseRetriever, analyze, embed, make_retriever,
+                                         minilm_dir, truncate_query)
 
 # Pairs from Porter (1980) and the reference vocabulary of his stemmer.
 PORTER_CASES = {

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from helpers import RUN_PARAMS, write_notebook
-from nesylib import progress, runner, runs
+from nesylib import progress
+from nesylib.pipeline import runner, runs
 
 ROOT = Path(__file__).resolve().parents[1]
 NOISE = ("KeyboardInterrupt caught in kernel", "running over TCP without encryption")
@@ -47,7 +48,7 @@ os.write(2, b"kernel stderr is kept\\n")'''
 
 
 def _notebook(path: Path, stem: str, body: str) -> None:
-    start = (f"import time\nimport nesylib\nfrom nesylib import runs\n"
+    start = (f"import time\nimport nesylib\nfrom nesylib.pipeline import runs\n"
              f"ctx = runs.start({stem!r}, dict(preset=preset, run_root=run_root, seed=seed, nap=nap))")
     write_notebook(path, RUN_PARAMS + "\nnap = 0.0", start, body)
 

@@ -1,6 +1,6 @@
 """Run orchestration: the run order (06 after 08, figures last) and caching shared by partial and full runs."""
 from helpers import RUN_PARAMS, write_notebook
-from nesylib import runner, runs
+from nesylib.pipeline import runner, runs
 
 
 def test_run_order_puts_ablations_after_08_and_figures_last(tmp_path):
@@ -21,7 +21,7 @@ def _notebook(path, body, extra_params=""):
 def test_only_runs_and_full_runs_share_the_cache(tmp_path):
     nbs = tmp_path / "nbs"
     for stem in ("00_first", "01_second", "02_third"):
-        _notebook(nbs / f"{stem}.ipynb", "from nesylib import runs\n"
+        _notebook(nbs / f"{stem}.ipynb", "from nesylib.pipeline import runs\n"
                   f"ctx = runs.start({stem!r}, dict(preset=preset, run_root=run_root, seed=seed))\n"
                   "ctx.save_results({'seed': seed})")
     preset = tmp_path / "p.yaml"
@@ -58,7 +58,7 @@ def test_every_preset_names_only_declared_parameters_and_prices_its_budgets():
 
 def test_a_relative_run_root_is_the_same_folder_for_the_runner_and_the_notebooks(tmp_path, monkeypatch):
     nbs = tmp_path / "nbs"
-    _notebook(nbs / "00_first.ipynb", "from nesylib import runs\n"
+    _notebook(nbs / "00_first.ipynb", "from nesylib.pipeline import runs\n"
               "ctx = runs.start('00_first', dict(preset=preset, run_root=run_root, seed=seed))\n"
               "ctx.save_results({'seed': seed})")
     preset = tmp_path / "p.yaml"
@@ -71,7 +71,7 @@ def test_a_relative_run_root_is_the_same_folder_for_the_runner_and_the_notebooks
     assert not (nbs / "rel").exists()  # the notebook's working directory got nothing
 
 
-_FLAKY_BODY = """from nesylib import runs
+_FLAKY_BODY = """from nesylib.pipeline import runs
 ctx = runs.start('00_nb', dict(preset=preset, run_root=run_root, seed=seed, fail=fail))
 ctx.path('artifact.txt').write_text(f'seed {seed} fail {fail}')
 ctx.save_results({'seed': seed, 'fail': fail, 'artifact': str(ctx.path('artifact.txt'))})
@@ -145,7 +145,7 @@ def test_calls_stored_by_a_failed_run_are_found_by_the_next_run(tmp_path):
     """Call stores live outside the staging swap (ctx.store): what a failed run paid for is kept."""
     import pytest
 
-    body = """from nesylib import runs
+    body = """from nesylib.pipeline import runs
 ctx = runs.start('00_nb', dict(preset=preset, run_root=run_root, seed=seed, fail=fail))
 store = ctx.store('calls.jsonl')
 before = len(store.read_text().splitlines()) if store.is_file() else 0
@@ -185,13 +185,13 @@ def test_a_hand_edited_upstream_file_reruns_what_read_it_and_the_log_says_why(tm
     """The README invites editing kb.jsonl by hand: the notebooks that read that folder run again (the one that
     wrote it does not, which would overwrite the edit), and the log names the file; parameters likewise."""
     nbs = tmp_path / "nbs"
-    _notebook(nbs / "00_first.ipynb", "from nesylib import runs\n"
+    _notebook(nbs / "00_first.ipynb", "from nesylib.pipeline import runs\n"
               "ctx = runs.start('00_first', dict(preset=preset, run_root=run_root, seed=seed))\n"
               "ctx.path('kb.jsonl').write_text('{\"k\": 1}\\n')\nctx.save_results({'seed': seed})")
-    _notebook(nbs / "01_second.ipynb", "from nesylib import runs\n"
+    _notebook(nbs / "01_second.ipynb", "from nesylib.pipeline import runs\n"
               "ctx = runs.start('01_second', dict(preset=preset, run_root=run_root, seed=seed))\n"
               "ctx.save_results({'kb': (ctx.upstream('00_first') / 'kb.jsonl').read_text()})")
-    _notebook(nbs / "02_third.ipynb", "from nesylib import runs\n"
+    _notebook(nbs / "02_third.ipynb", "from nesylib.pipeline import runs\n"
               "ctx = runs.start('02_third', dict(preset=preset, run_root=run_root, seed=seed))\n"
               "ctx.save_results({'seed': seed})")
     preset = tmp_path / "p.yaml"

@@ -6,11 +6,11 @@ import pytest
 from transformers import AutoTokenizer
 
 from helpers import bow_embed, codex_records
-from nesylib import prompts
-from nesylib.compress import WordTruncationCompressor, compress_stages
-from nesylib.curriculum import Schedule
+from nesylib.methods import prompts
+from nesylib.methods.compress import WordTruncationCompressor, compress_stages
+from nesylib.methods.curriculum import Schedule
 from nesylib.errors import ConfigError, DataError
-from nesylib.skintern import plan_table, progressive_plan, stage_examples
+from nesylib.methods.skintern import plan_table, progressive_plan, stage_examples
 
 TASKS = ["date_understanding", "navigate", "web_of_lies"]
 

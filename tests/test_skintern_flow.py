@@ -1,4 +1,4 @@
-"""SKIntern end to end on the tiny model (notebook 04's flow) and the notebook glue in nesylib.skintern.
+"""SKIntern end to end on the tiny model (notebook 04's flow) and the notebook glue in nesylib.methods.skintern.
 
 Real BBH/GSM8K items with replayed teacher rationales, knowledge from the derived writer, self-information
 compression scored by the tiny LM, seeded stage data fitted to a cutoff, one staged LoRA run, evaluation
@@ -7,17 +7,18 @@ on P-STD, and the FLOPs comparison against knowledge-augmented prompts.
 import pytest
 from transformers import AutoConfig, AutoTokenizer
 
-from nesylib import experiment, prompts, students
-from nesylib.compress import compress_stages, make_compressor
-from nesylib.curriculum import Schedule
+from nesylib.methods import prompts, students
+from nesylib.pipeline import experiment
+from nesylib.methods.compress import compress_stages, make_compressor
+from nesylib.methods.curriculum import Schedule
 from nesylib.errors import ConfigError
-from nesylib.flops import model_dims, prefill_macs
-from nesylib.knowledge import generate_knowledge
-from nesylib.skintern import (inference_stage_prompts, plan_table, progressive_plan, prompt_cost_table,
-                              stage_losses, training_budget)
+from nesylib.evaluation.flops import model_dims, prefill_macs
+from nesylib.knowledge.writer import generate_knowledge
+from nesylib.methods.skintern import (inference_stage_prompts, plan_table, progressive_plan, prompt_cost_table,
+                                      stage_losses, training_budget)
 from nesylib.teacher.cot import replay_rationales
 from nesylib.teacher.derived import DerivedKnowledgeTeacher
-from nesylib.train import Stage, TrainConfig
+from nesylib.training.engine import Stage, TrainConfig
 
 
 @pytest.fixture(scope="module")

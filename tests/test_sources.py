@@ -2,7 +2,7 @@ import shutil
 
 import pytest
 
-from nesylib import sources
+from nesylib.data import sources
 from nesylib.errors import DataError
 
 

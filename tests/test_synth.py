@@ -6,9 +6,9 @@ from collections import Counter
 import pytest
 
 from helpers import synth_fixtures
-from nesylib.data import parse_options
+from nesylib.data.benchmarks import parse_options
 from nesylib.errors import ConfigError, DataError
-from nesylib.prompts import ANSWER_MARKER, split_rationale
+from nesylib.methods.prompts import ANSWER_MARKER, split_rationale
 from nesylib.synth import (SPLITS, TASKS, TEMPLATES, SynthConfig, SynthTeacher, describe, generate_benchmark,
                            generate_world, load_benchmark, load_world, rationale_records, save_benchmark, solve)
 from nesylib.synth.bench import _question
@@ -145,7 +145,7 @@ def test_config_errors_name_the_parameter():
 
 # ------------------------------------------------------------------------------------- teacher
 def test_teacher_rationales_are_judged_correct_and_wrong_ones_are_not(bench, teacher):
-    from nesylib.extract import is_correct, is_correct_strict
+    from nesylib.evaluation.extract import is_correct, is_correct_strict
 
     assert isinstance(teacher, Teacher)
     for r in bench["train"]:
@@ -187,7 +187,7 @@ def test_teacher_is_deterministic(bench, teacher):
 
 
 def test_error_analysis_names_facts_and_diagnoses(bench, teacher):
-    from nesylib.knowledge_text import parse
+    from nesylib.knowledge.text import parse
 
     r = next(x for x in bench["train"] if x["meta"]["variant"] == "mentor3")
     facts = [teacher.world.facts[f] for f in r["meta"]["facts"]]
@@ -203,7 +203,7 @@ def test_error_analysis_names_facts_and_diagnoses(bench, teacher):
 
 
 def test_knowledge_has_facts_and_a_distractor_free_related_fact(bench, teacher):
-    from nesylib.knowledge_text import problem
+    from nesylib.knowledge.text import problem
 
     with_related = 0
     for r in bench["train"]:
@@ -224,10 +224,10 @@ def test_knowledge_has_facts_and_a_distractor_free_related_fact(bench, teacher):
 
 
 def test_rationale_records_and_the_nesycd_skintern_plumbing(bench, teacher):
-    from nesylib.kb import build_kb
-    from nesylib.knowledge import generate_knowledge
-    from nesylib.nesycd import collect_demonstrations
-    from nesylib.prompts import std
+    from nesylib.knowledge.kb import build_kb
+    from nesylib.knowledge.writer import generate_knowledge
+    from nesylib.methods.nesycd import collect_demonstrations
+    from nesylib.methods.prompts import std
 
     train = bench["train"][::40]
     rows = rationale_records(train, teacher)
@@ -250,7 +250,7 @@ def test_sequences_are_short_for_a_cpu_student(bench, teacher, tiny_model_dir):
     """P-STD prompt + teacher rationale stay far below calibration.md's 320-token budget."""
     from transformers import AutoTokenizer
 
-    from nesylib.prompts import std
+    from nesylib.methods.prompts import std
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     rows = rationale_records(bench["train"], teacher)

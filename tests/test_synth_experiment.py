@@ -4,7 +4,7 @@ import json
 import pytest
 
 from helpers import synth_fixtures
-from nesylib import prompts
+from nesylib.methods import prompts
 from nesylib.errors import ConfigError, DataError
 from nesylib.synth import SynthConfig, rationale_records, solve
 from nesylib.synth import experiment as sx
@@ -146,18 +146,18 @@ def test_floors_chance_and_cooccurrence(world, bench, train_rows):
 
 
 def _kb(sp_result, train, teacher):
-    from nesylib.kb import build_kb
-    from nesylib.nesycd import demonstrations_from_eval
+    from nesylib.knowledge.kb import build_kb
+    from nesylib.methods.nesycd import demonstrations_from_eval
 
     errors, corrects = demonstrations_from_eval(train, sp_result)
     return build_kb(errors, teacher, student_name="S_P test"), errors, corrects
 
 
 def test_nesycd_kb_and_skintern_stages(world, bench, teacher, train_rows, tok):
-    from nesylib.compress import make_compressor
-    from nesylib.curriculum import Schedule
+    from nesylib.methods.compress import make_compressor
+    from nesylib.methods.curriculum import Schedule
 
-    from nesylib.evaluate import EvalResult
+    from nesylib.evaluation.evaluate import EvalResult
 
     train = bench["train"]
     sp_rows = [{"uid": r["uid"], "prompt": prompts.std(r),
@@ -171,12 +171,12 @@ def test_nesycd_kb_and_skintern_stages(world, bench, teacher, train_rows, tok):
     with pytest.raises(DataError, match="no output"):
         _kb(EvalResult(sp_rows[1:], {}, {}), train, teacher)
 
-    from nesylib.knowledge import generate_knowledge
+    from nesylib.knowledge.writer import generate_knowledge
 
     knowledge, failures = generate_knowledge(train, teacher, max_attempts=1)
     assert not failures
-    from nesylib.compress import compress_stages
-    from nesylib.skintern import progressive_plan
+    from nesylib.methods.compress import compress_stages
+    from nesylib.methods.skintern import progressive_plan
 
     schedule = Schedule(T=2, max_demos=2)
     stages_k, comp = compress_stages(knowledge, schedule, make_compressor("truncate"), tok)
@@ -191,10 +191,10 @@ def test_nesycd_kb_and_skintern_stages(world, bench, teacher, train_rows, tok):
 
 
 def test_train_and_evaluate_on_the_tiny_model(tmp_path, world, bench, train_rows, tok, tiny_model_dir):
-    """A real two-step LoRA run through nesylib.methods and batched generation; logs, stored
+    """A real two-step LoRA run through nesylib.methods.catalog and batched generation; logs, stored
     evaluations and analysis rows line up."""
-    from nesylib import methods as mth
-    from nesylib.train import TrainConfig
+    from nesylib.methods import catalog as mth
+    from nesylib.training.engine import TrainConfig
 
     cfg = TrainConfig(max_steps=2, per_device_batch=2, grad_accum=1, lora_r=4, lora_alpha=8, cutoff_len=256,
                       save_steps=50, logging_steps=1)

@@ -5,9 +5,9 @@ import re
 import pytest
 
 from fake_openai_server import FakeOpenAIServer, body_key
-from nesylib.data import load_bbh, load_gsm8k, subsample
-from nesylib.extract import is_correct
-from nesylib.prompts import ANSWER_MARKER
+from nesylib.data.benchmarks import load_bbh, load_gsm8k, subsample
+from nesylib.evaluation.extract import is_correct
+from nesylib.methods.prompts import ANSWER_MARKER
 from nesylib.teacher import (CachedTeacher, CallStore, SampleSchedule, TeacherRequest, cot_prompt,
                              generate_rationales, load_rationales)
 from nesylib.teacher.cot import clean_rationale

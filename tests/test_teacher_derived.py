@@ -1,14 +1,14 @@
-from nesylib.knowledge_text import is_usable, parse
+from nesylib.knowledge.text import is_usable, parse
 from nesylib.teacher.base import TeacherRequest
 from nesylib.teacher.derived import DerivedKnowledgeTeacher, mentions_answer
 from nesylib.teacher.cot import replay_rationales
-from nesylib import data
+from nesylib.data import benchmarks
 
 import pytest
 
 
 def test_derived_knowledge_parses_and_hides_the_label(data_dir):
-    train = data.load_bbh("train", ["date_understanding"])[:8]
+    train = benchmarks.load_bbh("train", ["date_understanding"])[:8]
     rs = replay_rationales(train)
     t = DerivedKnowledgeTeacher({r["uid"]: r["rationale"] for r in rs.records})
     reqs = [TeacherRequest("", kind=k, record=r) for r in rs.records for k in ("knowledge", "error_analysis")]
@@ -22,8 +22,8 @@ def test_derived_knowledge_parses_and_hides_the_label(data_dir):
 
 
 def test_derived_teacher_refuses_test_items_and_missing_rationales(data_dir):
-    test = data.load_bbh("test", ["navigate"])[:1]
-    train = data.load_bbh("train", ["navigate"])[:1]
+    test = benchmarks.load_bbh("test", ["navigate"])[:1]
+    train = benchmarks.load_bbh("train", ["navigate"])[:1]
     t = DerivedKnowledgeTeacher({})
     a, b, c = t.complete([TeacherRequest("", kind="knowledge", record=test[0]),
                           TeacherRequest("", kind="knowledge", record=train[0]),
@@ -87,8 +87,8 @@ def _wrong_answer(rec: dict) -> str:
 
 @pytest.fixture(scope="module")
 def sample(data_dir):
-    bbh = data.load_bbh("train", TASKS)
-    recs = [r for t in TASKS for r in [x for x in bbh if x["task"] == t][:6]] + data.load_gsm8k("train")[:6]
+    bbh = benchmarks.load_bbh("train", TASKS)
+    recs = [r for t in TASKS for r in [x for x in bbh if x["task"] == t][:6]] + benchmarks.load_gsm8k("train")[:6]
     return replay_rationales(recs).records + [DATE]
 
 

@@ -4,9 +4,9 @@ import re
 
 import pytest
 
-from nesylib.data import load_bbh, load_codex_rationales, load_gsm8k
+from nesylib.data.benchmarks import load_bbh, load_codex_rationales, load_gsm8k
 from nesylib.errors import ConfigError
-from nesylib.prompts import ANSWER_MARKER
+from nesylib.methods.prompts import ANSWER_MARKER
 from nesylib.teacher import TeacherRequest, replay_rationales
 from nesylib.teacher.cli import main as teach_main
 from nesylib.teacher.replay import ReplayTeacher, codex_rationale, gsm8k_rationale

@@ -8,11 +8,11 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer, TrainerCallback
 
 from nesylib.errors import ConfigError
-from nesylib.prompts import Example
-from nesylib.backends import pick_backend
-from nesylib.loss import group_weighted_ce
-from nesylib.sft_data import ItemCollator, encode_items, encode_pair, item_order
-from nesylib.train import Stage, TrainConfig, load_student, merge_adapter, steps_for, train_lora
+from nesylib.methods.prompts import Example
+from nesylib.training.backends import pick_backend
+from nesylib.training.loss import group_weighted_ce
+from nesylib.training.sft_data import ItemCollator, encode_items, encode_pair, item_order
+from nesylib.training.engine import Stage, TrainConfig, load_student, merge_adapter, steps_for, train_lora
 
 
 def _cfg(**kw):
@@ -78,8 +78,8 @@ def test_mt_loss_equals_weighted_parts(tiny_model_dir, tok, tmp_path):
     each a token mean, computed by hand with the model's own loss on separate batches."""
     from transformers import TrainingArguments
 
-    from nesylib.backends import _load_trainable
-    from nesylib.train import _trainer_class
+    from nesylib.training.backends import _load_trainable
+    from nesylib.training.engine import _trainer_class
 
     cfg = _cfg()
     model, _ = _load_trainable(str(tiny_model_dir), cfg, "hf", None)

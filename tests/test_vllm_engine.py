@@ -1,4 +1,4 @@
-"""The vLLM engine (nesylib.vllm_engine.VLLMEngine) against a stand-in ``vllm`` module, so its contract is
+"""The vLLM engine (nesylib.generation.vllm_engine.VLLMEngine) against a stand-in ``vllm`` module, so its contract is
 checked without a GPU: one engine kept across calls and adapters, adapters served as LoRAs with stable
 ids, per-prompt caps and seeds, greedy sampling, the project's stop rules replayed exactly, prompt order,
 the merged fallback, and the evaluation key that keeps vLLM and transformers evaluations apart. The
@@ -15,12 +15,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from nesylib import generate, vllm_engine
-from nesylib.engines import get_engine
+from nesylib.generation import generate, vllm_engine
+from nesylib.generation.engines import get_engine
 from nesylib.errors import ConfigError, ModelError
-from nesylib.generate import Sampling, encode_prompts
-from nesylib.stopping import DEFAULT_STOP_STRINGS, apply_stop_rules, eos_token_ids
-from nesylib.vllm_engine import ModelFiles, lora_support
+from nesylib.generation.generate import Sampling, encode_prompts
+from nesylib.generation.stopping import DEFAULT_STOP_STRINGS, apply_stop_rules, eos_token_ids
+from nesylib.generation.vllm_engine import ModelFiles, lora_support
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["Question: eos case", "Question: stop string case", "Question: length case",
@@ -289,13 +289,13 @@ def test_settings_are_checked(fake):
 # ------------------------------------------------------------------------------ evaluation and its key
 @pytest.fixture(scope="module")
 def records(data_dir):
-    from nesylib.data import load_bbh
+    from nesylib.data.benchmarks import load_bbh
 
     return load_bbh("test", tasks=["navigate"])[:2]
 
 
 def test_vllm_evaluation_is_stored_apart_from_transformers(fake, records, tiny_model_dir, adapters, tmp_path):
-    from nesylib.evaluate_cache import evaluate_cached, evaluation_key, numeric_setting
+    from nesylib.evaluation.cache import evaluate_cached, evaluation_key, numeric_setting
 
     base, sets = str(tiny_model_dir), {"bbh": records}
     assert "engine" not in numeric_setting(16) and numeric_setting(16) == numeric_setting(16, "hf")
@@ -322,7 +322,7 @@ def test_vllm_evaluation_is_stored_apart_from_transformers(fake, records, tiny_m
 def test_gpu_check_stops_at_once_without_a_gpu(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
-    heavy = "('torch', 'transformers', 'vllm', 'nesylib.train')"
+    heavy = "('torch', 'transformers', 'vllm', 'nesylib.training.engine')"
     code = ("import sys; sys.path.insert(0, 'benchmarks'); import gpu_check; rc = gpu_check.main([]); "
             f"print('heavy:', sorted(m for m in {heavy} if m in sys.modules)); sys.exit(rc)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
@@ -338,8 +338,8 @@ def test_gpu_check_paper_slice_overrides_are_valid():
         import gpu_check
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
-    from nesylib.params import apply_overrides
-    from nesylib.runs import load_preset
+    from nesylib.pipeline.params import apply_overrides
+    from nesylib.pipeline.runs import load_preset
 
     preset, lines = apply_overrides(load_preset("paper"), gpu_check.PAPER_SLICE)
     assert len(lines) == len(gpu_check.PAPER_SLICE)
@@ -356,7 +356,7 @@ _real_vllm = importlib.util.find_spec("vllm") is not None
 def test_vllm_equals_transformers_greedy(smollm2_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from nesylib import prompts
+    from nesylib.methods import prompts
     from nesylib.synth import SynthConfig, generate_benchmark, generate_world
 
     world = generate_world(SynthConfig())

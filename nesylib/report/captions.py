@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nesylib.data import domain_sets
+from nesylib.data.benchmarks import domain_sets
 from nesylib.report.collect import ABLATIONS, FIGURES, SYNTHETIC, _size_of, _student_of, format_size, model_size
 from nesylib.report.figures import fig_ablations, fig_accuracy_vs_flops, fig_main_bars, fig_synthetic
 from nesylib.report.tables import Report, _pct, _setup, datasets_of

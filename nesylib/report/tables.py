@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nesylib.data import domain_sets
+from nesylib.data.benchmarks import domain_sets
 from nesylib.errors import DataError
 from nesylib.report.collect import ABLATIONS, Collected, MAIN_SOURCES, NotebookResult, SWEEP_KEYS, SYNTHETIC, _Z95, _count, _interval, _number, _optional, _size_of, _student_of, collect
 
@@ -116,7 +116,7 @@ def _md(rows: list[list[str]], header: list[str]) -> str:
 
 def _shown_path(path) -> str:
     """A results folder as a reader should see it: relative to the repository when inside it."""
-    from nesylib.runs import REPO_ROOT
+    from nesylib.pipeline.runs import REPO_ROOT
 
     p = Path(path).resolve()
     return str(p.relative_to(REPO_ROOT)) if p.is_relative_to(REPO_ROOT) else p.name

@@ -16,9 +16,10 @@ import math
 import random
 from pathlib import Path
 
-from nesylib.curriculum import KINDS
+from nesylib.methods.curriculum import KINDS
 from nesylib.errors import ConfigError, DataError
-from nesylib.prompts import NO_SUMMARY as NO_KNOWLEDGE  # noqa: F401 (notebook 06 reads ab.NO_KNOWLEDGE: P-KB without knowledge is P-STD)
+# notebook 06 reads ab.NO_KNOWLEDGE: P-KB without knowledge is P-STD
+from nesylib.methods.prompts import NO_SUMMARY as NO_KNOWLEDGE  # noqa: F401
 
 CONTENT_VARIANTS = ("knowledge_only", "examples_only")
 # 08's parameters the ablations inherit (the variant equal to 08's run must share its students).
@@ -81,7 +82,7 @@ def base_config(nb08_dir, student: str) -> dict:
 
 def read_knowledge(path) -> dict[str, str]:
     """uid -> knowledge text from 08's ``knowledge.jsonl``; errors name the file and line."""
-    from nesylib.data import read_jsonl
+    from nesylib.data.benchmarks import read_jsonl
 
     path = Path(path)
     if not path.is_file():
@@ -120,7 +121,7 @@ def sweep_rows(sweep: str, variant: str, value, items: list[dict], summary: dict
 
     ``items`` are ``synth.experiment.item_rows``; ``summary`` (the evaluation summary) adds the
     inference FLOPs of the whole evaluation to the "all" row."""
-    from nesylib.metrics import bootstrap_ci
+    from nesylib.evaluation.metrics import bootstrap_ci
 
     if not items:
         raise ConfigError(f"sweep {sweep!r} variant {variant!r}: no evaluated items")

@@ -180,7 +180,7 @@ def _too_small(split: str, key: tuple) -> ConfigError:
 
 
 def generate_benchmark(config: SynthConfig, world: World | None = None) -> dict[str, list[dict]]:
-    """Build {"train", "test", "ood"} -> records (schema of nesylib.data) for ``config``.
+    """Build {"train", "test", "ood"} -> records (schema of nesylib.data.benchmarks) for ``config``.
 
     Evaluation questions are drawn first, then training questions that (within the exposure cap)
     prefer covering the facts the evaluation questions need; an evaluation question whose facts

@@ -1,6 +1,6 @@
 """Glue for notebook 08: every method on the synthetic benchmark, and the analysis of where each wins.
 
-The methods themselves are nesylib.methods (shared with the real benchmarks); this module holds
+The methods themselves are nesylib.methods.catalog (shared with the real benchmarks); this module holds
 the benchmark's selection and the analysis:
 
     config = resolve_config("default")                 # or "smoke", or a dict of overrides
@@ -21,10 +21,10 @@ import random
 import re
 
 from nesylib.errors import ConfigError, DataError
-from nesylib.prompts import ANSWER_MARKER
+from nesylib.methods.prompts import ANSWER_MARKER
 from nesylib.synth.world import SynthConfig, World
 
-# the floors in the tables (the methods' labels are nesylib.methods.label)
+# the floors in the tables (the methods' labels are nesylib.methods.catalog.label)
 LABELS = {"chance": "Chance", "cooccurrence": "Co-occurrence heuristic"}
 _WORD = re.compile(r"[A-Za-z]+")
 
@@ -53,7 +53,7 @@ def eval_records(bench: dict[str, list[dict]], per_task=None, seed: int = 42) ->
 
     ``per_task`` is one integer for both splits or a mapping {"test": n, "ood": m} (a split it does
     not name, or names with None, is taken whole)."""
-    from nesylib.data import subsample
+    from nesylib.data.benchmarks import subsample
 
     def check(n, where):
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
@@ -79,7 +79,7 @@ def synth_task_spec(rationale_rows: list[dict], tokenizer, margin: float = 1.3, 
     """A TaskSpec for "synth" whose per-task cap is max(floor, ceil(margin x longest target)),
     the target being a teacher rationale plus EOS in ``tokenizer``'s tokens (calibration.md's rule
     with a floor that fits these short rationales instead of BBH's 320)."""
-    from nesylib.evaluate import TASK_SPECS, TaskSpec
+    from nesylib.evaluation.evaluate import TASK_SPECS, TaskSpec
 
     longest: dict[str, int] = {}
     for r in rationale_rows:
@@ -174,7 +174,7 @@ def item_rows(method: str, eval_rows: list[dict], records: list[dict], world: Wo
 
 def accuracy_by(items: list[dict], by: list[str], n_boot: int = 1000, seed: int = 0):
     """Accuracy with a 95% bootstrap CI per method and group (``by``: item keys, e.g. ["split"])."""
-    from nesylib.metrics import accuracy_table
+    from nesylib.evaluation.metrics import accuracy_table
 
     if not items:
         raise ConfigError("accuracy_by needs at least one item row")
@@ -185,7 +185,7 @@ def paired_vs(items: list[dict], reference: str = "std", by: str = "split", n_bo
     """Paired bootstrap difference (method - reference) on the shared items of each ``by`` group."""
     import pandas as pd
 
-    from nesylib.metrics import paired_bootstrap_diff
+    from nesylib.evaluation.metrics import paired_bootstrap_diff
 
     flags: dict[str, dict[str, bool]] = {}
     group: dict[str, object] = {}

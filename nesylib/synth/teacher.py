@@ -22,8 +22,8 @@ from __future__ import annotations
 import random
 import re
 
-from nesylib.knowledge_text import render
-from nesylib.prompts import ANSWER_MARKER, STEP_CUE, split_rationale
+from nesylib.knowledge.text import render
+from nesylib.methods.prompts import ANSWER_MARKER, STEP_CUE, split_rationale
 from nesylib.synth.world import SynthConfig, World, generate_world, solve
 from nesylib.teacher.base import TeacherReply, TeacherRequest
 

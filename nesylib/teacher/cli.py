@@ -63,7 +63,7 @@ def add_teach_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=8, help="local: generation batch size (default 8)")
     d = p.add_argument_group("data")
     d.add_argument("--datasets", default="bbh,gsm8k",
-                   help="comma-separated dataset names or dataset entry files (YAML, see nesylib/custom_data.py), "
+                   help="comma-separated dataset names or dataset entry files (YAML, see nesylib/data/custom_data.py), "
                         "e.g. bbh,examples/my_qa/my_qa.yaml (default bbh,gsm8k); the replay backend has recorded "
                         "rationales for bbh and gsm8k only, a live backend (openai, local) teaches any dataset")
     d.add_argument("--split", default="train", choices=("train", "test"), help="split to teach (default train)")
@@ -113,8 +113,8 @@ def dataset_names(refs: str, backend: str) -> list[str]:
     """``--datasets``: names, or entry files (a YAML path: its dataset is defined for this run) -> names.
 
     Every name must be loadable; the replay backend takes bbh and gsm8k only (its recorded rationales)."""
-    from nesylib import custom_data
-    from nesylib.data import known_datasets
+    from nesylib.data import custom_data
+    from nesylib.data.benchmarks import known_datasets
 
     names = []
     for ref in (r.strip() for r in refs.split(",")):
@@ -136,7 +136,7 @@ def dataset_names(refs: str, backend: str) -> list[str]:
 
 
 def _records(args) -> list[dict]:
-    from nesylib.data import load_dataset_records, subsample
+    from nesylib.data.benchmarks import load_dataset_records, subsample
 
     names = dataset_names(args.datasets, args.backend)
     records = []

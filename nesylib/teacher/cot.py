@@ -11,7 +11,7 @@ one sample (at most 10) and 0.1 to T (at most 1.5). Every sample has its own ``s
 so the call store keys them apart and a re-run draws exactly the same calls. ``until="correct"``
 (default) accepts the first sample that has the marker *and* a right answer, otherwise the item
 goes to the next round; ``until="marker"`` is CasCoD's literal loop (stop at the first sample
-with the marker, then keep it only if right). The answer judge is ``nesylib.extract.is_correct``.
+with the marker, then keep it only if right). The answer judge is ``nesylib.evaluation.extract.is_correct``.
 
 A rationale is the teacher text cut after its first ``Therefore, the answer is X.`` sentence
 (a few-shot teacher often goes on with a next ``Q:``). The dataset = the input records plus
@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from nesylib.errors import ConfigError, DataError
-from nesylib.prompts import ANSWER_MARKER, cut_after_answer  # noqa: F401 (part of this module's API)
+from nesylib.methods.prompts import ANSWER_MARKER, cut_after_answer  # noqa: F401 (part of this module's API)
 from nesylib.teacher.base import TeacherRequest
 
 COT_PROMPT_VERSION = "cot-v1"  # bump when a prompt string below changes (stored calls key on prompts)
@@ -42,10 +42,10 @@ GSM8K_INSTRUCTION = (
 
 
 def custom_cot_prompt(record: dict, entry: dict) -> str:
-    """The teacher prompt for a record of a configured dataset (nesylib.custom_data): its task
+    """The teacher prompt for a record of a configured dataset (nesylib.data.custom_data): its task
     description, the zero-shot instruction, how its answer type is written, then its ``few_shot``
     demonstrations (if any) in the layout of CasCoD's files, then the question."""
-    from nesylib.custom_data import ANSWER_TYPES
+    from nesylib.data.custom_data import ANSWER_TYPES
 
     instruction = (f"{record.get('task_description', '').strip()} {ZERO_SHOT_INSTRUCTION} "
                    f"Write X as {ANSWER_TYPES[entry['answer_type']]}.").strip()
@@ -57,13 +57,13 @@ def custom_cot_prompt(record: dict, entry: dict) -> str:
 def cot_prompt(record: dict, data_dir=None) -> str:
     """The teacher prompt for one record (BBH: CasCoD few-shot; a configured dataset: ``custom_cot_prompt``;
     otherwise zero-shot)."""
-    from nesylib.custom_data import lookup
+    from nesylib.data.custom_data import lookup
 
     entry = lookup(record.get("dataset", ""))
     if entry is not None:
         return custom_cot_prompt(record, entry)
     if record.get("dataset") == "bbh":
-        from nesylib.sources import fetch
+        from nesylib.data.sources import fetch
 
         path = fetch(f"cascod-prompts/cot-prompts/{record['task']}.txt", data_dir)
         text = path.read_text(encoding="utf-8")
@@ -161,7 +161,7 @@ def stats_path_for(path: Path) -> Path:
 
 def load_rationales(path: str | Path) -> list[dict]:
     """Records saved by ``RationaleSet.save``; each must carry a rationale."""
-    from nesylib.data import read_jsonl
+    from nesylib.data.benchmarks import read_jsonl
 
     rows = read_jsonl(Path(path))
     for n, r in enumerate(rows, 1):
@@ -171,7 +171,7 @@ def load_rationales(path: str | Path) -> list[dict]:
 
 
 def _default_judge() -> Callable[[str, str, str, str], bool]:
-    from nesylib.extract import is_correct  # imported late: extraction is its own module
+    from nesylib.evaluation.extract import is_correct  # imported late: extraction is its own module
 
     return is_correct
 

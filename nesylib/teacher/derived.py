@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import re
 
-from nesylib.extract import extract_answer, has_answer, is_answer_only, is_math_task
-from nesylib.knowledge_text import render
-from nesylib.prompts import ANSWER_MARKER, split_rationale
+from nesylib.evaluation.extract import extract_answer, has_answer, is_answer_only, is_math_task
+from nesylib.knowledge.text import render
+from nesylib.methods.prompts import ANSWER_MARKER, split_rationale
 from nesylib.teacher.base import TeacherReply, TeacherRequest
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z(])|\n+")
@@ -238,7 +238,7 @@ def _repetition(output: str, question: str) -> re.Match | None:
 
 def error_analysis_text(record: dict, rationale: str, output: str) -> str:
     """NesyCD tutor reply for one wrong student output, written from that output."""
-    from nesylib.kb import DEGENERATE_MARKERS, response_slot  # late: kb pulls in retrieval
+    from nesylib.knowledge.kb import DEGENERATE_MARKERS, response_slot  # late: kb pulls in retrieval
 
     raw = output.strip()
     shown = response_slot(raw)

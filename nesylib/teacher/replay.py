@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 
 from nesylib.errors import ConfigError, DataError
-from nesylib.prompts import ANSWER_MARKER, cut_after_answer
+from nesylib.methods.prompts import ANSWER_MARKER, cut_after_answer
 from nesylib.teacher.base import TeacherReply, TeacherRequest
 
 
@@ -83,7 +83,7 @@ class ReplayTeacher:
         if dataset == "bbh":
             task, index = record["task"], int(record["uid"].rsplit("/", 1)[1])
             if task not in self._codex:
-                from nesylib.data import load_codex_rationales
+                from nesylib.data.benchmarks import load_codex_rationales
 
                 self._codex[task] = load_codex_rationales(task, self.data_dir)
             prediction = self._codex[task][index]
