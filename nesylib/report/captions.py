@@ -137,7 +137,7 @@ def caption(name: str, report: Report) -> str:
         panels = " and ".join(dict.fromkeys(report.points.split))
         head = (f"**Accuracy against inference compute.** Each point is one method: its {panels} average accuracy "
                 "(one panel each) with an approximate 95% interval, against its mean inference FLOPs per evaluated "
-                "item (prompt prefill plus generation with attention, counted from token numbers by nesylib.flops; "
+                "item (prompt prefill plus generation with attention, counted from token numbers by nesylib.evaluation.flops; "
                 "log axis; the mean runs over all evaluated sets). One colour per student.")
         can = ("which methods spend more compute per question on these very items: FLOPs are counted, not timed, "
                "so their differences carry no sampling noise and come from prompt length (retrieved knowledge, "

@@ -144,7 +144,7 @@ def main_table_markdown(table: pd.DataFrame, notes=(), title: str | None = None)
     text = (f"{title}\n\n" if title else "") + (_md(body, header) if body else "No main-table rows were found.\n")
     foot = ["Accuracy in % with 95% bootstrap intervals. ID/OOD averages are plain means of the per-dataset "
             "accuracies; their intervals are approximate (per-dataset intervals combined as independent normal "
-            "errors). Inference FLOPs: mean over all evaluated items, prompt and generation (nesylib.flops)."]
+            "errors). Inference FLOPs: mean over all evaluated items, prompt and generation (nesylib.evaluation.flops)."]
     return text + "\n" + "\n".join(f"- {n}" for n in foot + list(notes)) + "\n"
 
 
