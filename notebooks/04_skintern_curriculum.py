@@ -239,6 +239,7 @@ kb_path = ctx.dir.parent / "02_kb_construction" / "kb.jsonl"
 if (ctx.dir.parent / "02_kb_construction" / "results.json").is_file() and kb_path.is_file():
     from nesylib.knowledge.kb import KnowledgeBase
 
+    ctx.record_read(kb_path.parent)  # a hand-edited KB re-runs this notebook too
     prompt_sets["nesycd"] = nesycd.kb_prompts(test_recs, KnowledgeBase.load(kb_path))
 else:
     print("no NesyCD knowledge base from 02_kb_construction in this run: P-KB left out")

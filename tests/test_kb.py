@@ -192,6 +192,22 @@ def test_round_trip_and_hand_edit(kb, records, tmp_path):
     hits = hand.retrieve(nav, k=3)
     assert hits[0]["docid"] == i and hits[0]["knowledge"].startswith(edited)
     assert hand.knowledge_for(nav).startswith(edited)
+    assert hand.entries[i]["learning_summary"] == "1. Track position as (x, y); turning changes the facing only."
+
+
+def test_the_file_has_one_place_to_edit_and_a_stale_section_field_is_named(kb, tmp_path):
+    """The student sees 'summary'; its two sections are parsed from it on load, not saved, so an edit made in a
+    section field alone cannot be silently ignored. A file that still holds them (an older save) is read from
+    'summary', with a warning naming the line."""
+    path = kb.save(tmp_path / "kb.jsonl")
+    rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
+    assert not any(f in r for r in rows for f in ("learning_summary", "supplementary_knowledge"))
+    rows[1]["supplementary_knowledge"] = "1. A fact someone typed here."
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    with pytest.warns(UserWarning, match=r"kb\.jsonl:2: KB entry field\(s\) \['supplementary_knowledge'\] differ "
+                                         r"from the sections of 'summary'.*make an edit there"):
+        again = KnowledgeBase.load(path)
+    assert again.entries == kb.entries  # read from 'summary', as the student sees it
 
 
 def test_failures_saved_beside_the_kb(records, tmp_path):

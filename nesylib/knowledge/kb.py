@@ -10,8 +10,9 @@ dense optional, D13) and the top hit's analysis is inserted into the student's P
 A KB entry (one JSONL line; ``id`` is its position, which is also its retrieval docid):
     id, source_uid, task, task_description, question (the item's instruction),
     student_output, summary (the teacher's text, verbatim: this is what the student sees),
-    learning_summary, supplementary_knowledge (parsed from ``summary``, for reading),
     student, teacher, prompt_version, created
+In memory an entry also has learning_summary and supplementary_knowledge, its two sections parsed
+from ``summary``; they are not written to the file, so an edit goes where the student will see it.
 Only source_uid, task, task_description, question and summary are required in a hand-written
 entry; the rest are filled in when missing.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
+import warnings
 from pathlib import Path
 
 from nesylib.knowledge import text as knowledge_text
@@ -140,6 +142,7 @@ def doc_text(item: dict) -> str:
 
 
 INDEX_TEXTS = ("question", "knowledge", "both")
+SECTION_FIELDS = ("learning_summary", "supplementary_knowledge")  # parsed from 'summary' on load, never saved
 
 
 def entry_index_text(entry: dict, what: str = "question") -> str:
@@ -162,8 +165,14 @@ def _complete_entry(entry: dict, where: str) -> dict:
     if not entry["summary"].strip():
         raise DataError(f"{where}: KB entry has an empty 'summary'")
     out = dict(entry)
-    if "learning_summary" not in out or "supplementary_knowledge" not in out:
-        out["learning_summary"], out["supplementary_knowledge"] = knowledge_text.parse(out["summary"])
+    # the two section fields are 'summary' parsed, for reading; the student sees 'summary'. They are not saved,
+    # so the file has one place to edit; a file that still holds them gets them refreshed from 'summary'
+    sections = dict(zip(SECTION_FIELDS, knowledge_text.parse(out["summary"])))
+    stale = [f for f, parsed in sections.items() if f in out and out[f] != parsed]
+    if stale:
+        warnings.warn(f"{where}: KB entry field(s) {stale} differ from the sections of 'summary', the text the "
+                      f"student sees; they are read from 'summary' (make an edit there)", stacklevel=3)
+    out.update(sections)
     for f in ("student_output", "student", "teacher", "prompt_version", "created"):
         out.setdefault(f, "")
     return out
@@ -207,9 +216,10 @@ class KnowledgeBase:
         return path.with_name(path.stem + ".failures.jsonl")
 
     def save(self, path) -> Path:
-        """Write the entries as JSONL (one entry a line, UTF-8) atomically; failures go beside it."""
+        """Write the entries as JSONL (one entry a line, UTF-8) atomically, without the two section fields
+        (``load`` parses them from ``summary``); failures go beside it."""
         path = Path(path)
-        write_jsonl(path, self.entries, fsync=True)
+        write_jsonl(path, [{k: v for k, v in e.items() if k not in SECTION_FIELDS} for e in self.entries], fsync=True)
         fpath = self.failures_path(path)
         if self.failures:
             write_jsonl(fpath, self.failures, fsync=True)
