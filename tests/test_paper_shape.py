@@ -224,7 +224,9 @@ def test_02_kb_holds_the_fake_tutors_analyses(paper_run):
     assert res["tutor"] == "openai:gpt-3.5-turbo" and res["failures"] == 0
     assert res["demo_items"] == 16 and res["errors"] > 0 and res["kb_entries"] == res["errors"]
     assert res["knowledge_check"]["share"] == 1.0
-    entries = [json.loads(x) for x in Path(res["kb_path"]).read_text().splitlines()]
+    from nesylib.knowledge.kb import KnowledgeBase
+
+    entries = KnowledgeBase.load(res["kb_path"]).entries  # the sections are parsed from 'summary' on load
     assert len(entries) == res["kb_entries"]
     for e in entries:
         assert e["teacher"] == "openai:gpt-3.5-turbo"
