@@ -20,7 +20,7 @@ import yaml
 from nesylib.errors import ConfigError
 from nesylib.pipeline.param_model import NONE, NOTEBOOKS, Param, allowed, declared, literal
 from nesylib.pipeline.runner import _declared_params, list_notebooks
-from nesylib.pipeline.runs import NOTEBOOKS_DIR, REPO_ROOT, load_preset, notebook_params
+from nesylib.pipeline.runs import NOTEBOOKS_DIR, REPO_ROOT, is_project_folder, load_preset, notebook_params
 
 _TYPE_NAMES = {t.__name__: t for t in (int, float, str, bool, list, dict, tuple)}
 _RUNNER_SET = ("preset", "run_root")  # the runner passes these itself
@@ -72,7 +72,7 @@ def notebook_path(name: str, notebooks_dir: Path = NOTEBOOKS_DIR) -> Path:
 def notebook_parameters(nb: Path) -> dict[str, Param]:
     """The notebook's parameters in cell order: the model's for a project notebook, else papermill's
     reading of its ``parameters`` cell (a default that is not a literal types nothing)."""
-    if nb.stem in NOTEBOOKS and nb.resolve().parent == NOTEBOOKS_DIR.resolve():
+    if nb.stem in NOTEBOOKS and is_project_folder(nb.parent):
         return declared(nb.stem)
     import papermill as pm
 
@@ -80,11 +80,11 @@ def notebook_parameters(nb: Path) -> dict[str, Param]:
     for name, p in pm.inspect_notebook(str(nb)).items():
         try:
             default = ast.literal_eval(p["default"])
-            types = (NONE,) if default is None else (type(default),)
+            types = _ANY if default is None else (type(default),)  # a None default types nothing
         except (ValueError, SyntaxError):
             default, types = p["default"], _ANY
-        annotated = annotation_types(p.get("inferred_type_name"))
-        out[name] = Param(name, annotated or (_ANY if default is None else types), default, p.get("help") or "")
+        types = annotation_types(p.get("inferred_type_name")) or types
+        out[name] = Param(name, types, default, p.get("help") or "")
     return out
 
 

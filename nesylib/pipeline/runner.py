@@ -23,7 +23,7 @@ from nesylib.pipeline import param_model
 from nesylib.errors import ConfigError, NesylibError
 
 from nesylib.pipeline.runs import (NOTEBOOKS_DIR, READS_FILE, REPO_ROOT, RUNS_DIR, STAGE_DIR_ENV, STAGE_NAME_ENV,
-                                   load_preset, notebook_params)
+                                   is_project_folder, load_preset, notebook_params)
 
 FAILED_SUFFIX = ".failed"
 HEARTBEAT_S = 60.0  # how often `nesylib run` says which notebook is running, in seconds
@@ -216,7 +216,7 @@ def run_preset(preset_name: str | dict, only: list[str] | None = None, force: bo
 def _run_notebooks(preset: dict, root: Path, only, force: bool, notebooks_dir: Path, kernel, log,
                    datasets: dict | None = None, heartbeat_s: float | None = None) -> list[dict]:
     nbs = list_notebooks(notebooks_dir)
-    if Path(notebooks_dir).resolve() == NOTEBOOKS_DIR.resolve():  # the project's notebooks: the whole preset
+    if is_project_folder(notebooks_dir):  # the project's notebooks: the whole preset against the model
         param_model.check_preset(preset, preset.get("_file") or f"preset {preset['name']!r}")
     skip = set(preset.get("skip", []) or [])
     if only:

@@ -50,6 +50,12 @@ from nesylib.errors import ConfigError
 REPO_ROOT = Path(__file__).resolve().parents[2]  # nesylib/pipeline/runs.py -> the repository
 PRESETS_DIR = REPO_ROOT / "presets"
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+
+
+def is_project_folder(notebooks_dir: str | Path) -> bool:
+    """Whether ``notebooks_dir`` holds the project's notebooks, whose parameters ``param_model`` declares
+    (a folder of one's own is read through papermill instead)."""
+    return Path(notebooks_dir).resolve() == NOTEBOOKS_DIR.resolve()
 RUNS_DIR = REPO_ROOT / "results" / "runs"
 TRACKED_PACKAGES = ("torch", "transformers", "peft", "datasets", "accelerate", "bm25s", "faiss-cpu",
                     "papermill", "openai", "unsloth", "numpy", "pandas")
